@@ -1,0 +1,202 @@
+// gaussian_blend on the CPU: one pass over the image, one blurred mask row at a time.
+// Each (sample, row) task blurs the mask vertically into a row buffer, then horizontally from a
+// reflect-padded copy of it, and hands the alpha row to a consumer (blend or its gradient).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "../common/gaussian_blend.h"
+#include "../common/gaussian_blend_args.h"
+#include "../common/gaussian_taps.h"
+#include "../common/pixel.h"
+
+namespace medmix {
+namespace {
+
+struct Strides4 {
+  int64_t n, c, h, w;
+  explicit Strides4(const at::Tensor& t)
+      : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
+};
+
+// Calls consume(b, h, alpha_row) for every row of every sample, in parallel over rows.
+// mask: contiguous [B, 1, H, W] of acc_t; sigma: contiguous float32 [B].
+template <typename acc_t, typename Consume>
+void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t max_radius,
+                        int64_t C, const Consume& consume) {
+  const int64_t B = mask.size(0), H = mask.size(2), W = mask.size(3);
+  const acc_t* m = mask.data_ptr<acc_t>();
+  const float* s = sigma.data_ptr<float>();
+  for (int64_t i = 0; i < B; ++i) {
+    TORCH_CHECK(gaussian_radius(s[i]) <= max_radius, "medmix::gaussian_blend: max_radius ",
+                max_radius, " is smaller than ceil(3 * sigma[", i, "]) for sigma ", s[i]);
+  }
+  // ~64K element touches per task keeps scheduling overhead small on small images.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W * (C + 2)));
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> taps(2 * max_radius + 1), padded(W + 2 * max_radius), alpha(W);
+    int64_t taps_of = -1;
+    int r = 0;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / H, h = row % H;
+      if (bi != taps_of) {
+        r = gaussian_radius(s[bi]);
+        gaussian_taps<acc_t>(s[bi], r, taps.data());
+        taps_of = bi;
+      }
+      const acc_t* mb = m + bi * H * W;
+      // Vertical pass into padded[r .. r + W).
+      acc_t* col = padded.data() + r;
+      std::fill(col, col + W, acc_t(0));
+      for (int dy = -r; dy <= r; ++dy) {
+        const acc_t tap = taps[dy + r];
+        const acc_t* src = mb + reflect_index(h + dy, H) * W;
+        for (int64_t w = 0; w < W; ++w) col[w] += tap * src[w];
+      }
+      // Reflect-pad the row, then the horizontal pass as 2r+1 shifted vector FMAs.
+      for (int64_t j = 1; j <= r; ++j) {
+        col[-j] = col[reflect_index(-j, W)];
+        col[W - 1 + j] = col[reflect_index(W - 1 + j, W)];
+      }
+      std::fill(alpha.begin(), alpha.end(), acc_t(0));
+      for (int dx = -r; dx <= r; ++dx) {
+        const acc_t tap = taps[dx + r];
+        const acc_t* src = col + dx;
+        for (int64_t w = 0; w < W; ++w) alpha[w] += tap * src[w];
+      }
+      consume(bi, h, alpha.data());
+    }
+  });
+}
+
+template <typename scalar_t>
+void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask,
+                   const at::Tensor& sigma, int64_t max_radius, at::Tensor& out,
+                   at::Tensor& lam, at::Tensor* alpha_out) {
+  using acc_t = acc_type_t<scalar_t>;
+  const int64_t B = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
+  const Strides4 sa(a), sb(b), so(out);
+  const scalar_t* pa = a.data_ptr<scalar_t>();
+  const scalar_t* pb = b.data_ptr<scalar_t>();
+  scalar_t* po = out.data_ptr<scalar_t>();
+  acc_t* palpha = alpha_out ? alpha_out->data_ptr<acc_t>() : nullptr;
+  // Row sums in double, reduced below in a fixed order: lam is identical for any thread count.
+  std::vector<double> row_sum(B * H);
+  const bool rows_dense = sa.w == 1 && sb.w == 1 && so.w == 1;
+
+  for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, [&](int64_t bi, int64_t h,
+                                                            const acc_t* alpha) {
+    double sum = 0;
+    for (int64_t w = 0; w < W; ++w) sum += alpha[w];
+    row_sum[bi * H + h] = sum;
+    if (palpha) std::copy(alpha, alpha + W, palpha + (bi * H + h) * W);
+    const scalar_t* ra = pa + bi * sa.n + h * sa.h;
+    const scalar_t* rb = pb + bi * sb.n + h * sb.h;
+    scalar_t* ro = po + bi * so.n + h * so.h;
+    if (rows_dense) {  // NCHW: channel-major, unit-stride inner loop
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t* xa = ra + c * sa.c;
+        const scalar_t* xb = rb + c * sb.c;
+        scalar_t* xo = ro + c * so.c;
+        for (int64_t w = 0; w < W; ++w) {
+          xo[w] = store_as<scalar_t>(
+              blend_pixel<acc_t>(alpha[w], load_as<acc_t>(xa[w]), load_as<acc_t>(xb[w])));
+        }
+      }
+    } else {  // channels_last or other strides: pixel-major
+      for (int64_t w = 0; w < W; ++w) {
+        for (int64_t c = 0; c < C; ++c) {
+          ro[w * so.w + c * so.c] = store_as<scalar_t>(blend_pixel<acc_t>(
+              alpha[w], load_as<acc_t>(ra[w * sa.w + c * sa.c]),
+              load_as<acc_t>(rb[w * sb.w + c * sb.c])));
+        }
+      }
+    }
+  });
+
+  acc_t* plam = lam.data_ptr<acc_t>();
+  for (int64_t bi = 0; bi < B; ++bi) {
+    double sum = 0;
+    for (int64_t h = 0; h < H; ++h) sum += row_sum[bi * H + h];
+    plam[bi] = static_cast<acc_t>(sum / static_cast<double>(H * W));
+  }
+}
+
+template <typename scalar_t>
+void blend_backward(const at::Tensor& grad_out, const at::Tensor& mask, const at::Tensor& sigma,
+                    int64_t max_radius, at::Tensor& grad_a, at::Tensor& grad_b) {
+  using acc_t = acc_type_t<scalar_t>;
+  const int64_t C = grad_out.size(1), W = grad_out.size(3);
+  const Strides4 sg(grad_out), sa(grad_a), sb(grad_b);
+  const scalar_t* pg = grad_out.data_ptr<scalar_t>();
+  scalar_t* pa = grad_a.data_ptr<scalar_t>();
+  scalar_t* pb = grad_b.data_ptr<scalar_t>();
+  for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, [&](int64_t bi, int64_t h,
+                                                            const acc_t* alpha) {
+    for (int64_t c = 0; c < C; ++c) {
+      for (int64_t w = 0; w < W; ++w) {
+        acc_t ga, gb;
+        blend_pixel_grad<acc_t>(
+            alpha[w], load_as<acc_t>(pg[bi * sg.n + c * sg.c + h * sg.h + w * sg.w]), &ga, &gb);
+        pa[bi * sa.n + c * sa.c + h * sa.h + w * sa.w] = store_as<scalar_t>(ga);
+        pb[bi * sb.n + c * sb.c + h * sb.h + w * sb.w] = store_as<scalar_t>(gb);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cpu(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask, const at::Tensor& sigma,
+    int64_t max_radius, bool return_alpha) {
+  check_gaussian_blend_args(a, b, mask, sigma, max_radius);
+  TORCH_CHECK(a.device().is_cpu(), "medmix::gaussian_blend (CPU kernel) got a ", a.device(),
+              " tensor");
+  const auto acc = opmath_dtype(a.scalar_type());
+  const int64_t B = a.size(0), H = a.size(2), W = a.size(3);
+  auto out = at::empty_like(a);
+  auto lam = at::empty({B}, a.options().dtype(acc));
+  auto alpha = return_alpha ? at::empty({B, 1, H, W}, a.options().dtype(acc))
+                            : at::empty({0}, a.options().dtype(acc));
+  if (a.numel() == 0) return {out, lam.zero_(), alpha};
+  const auto mask_c = mask.contiguous();
+  const auto sigma_c = sigma.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND3(
+      at::kHalf, at::kBFloat16, at::kByte, a.scalar_type(), "gaussian_blend_cpu", [&] {
+        blend_forward<scalar_t>(a, b, mask_c, sigma_c, max_radius, out, lam,
+                                return_alpha ? &alpha : nullptr);
+      });
+  return {out, lam, alpha};
+}
+
+std::tuple<at::Tensor, at::Tensor> gaussian_blend_backward_cpu(const at::Tensor& grad_out,
+                                                               const at::Tensor& mask,
+                                                               const at::Tensor& sigma,
+                                                               int64_t max_radius) {
+  check_gaussian_blend_backward_args(grad_out, mask, sigma, max_radius);
+  auto grad_a = at::empty_like(grad_out);
+  auto grad_b = at::empty_like(grad_out);
+  if (grad_out.numel() == 0) return {grad_a, grad_b};
+  const auto mask_c = mask.contiguous();
+  const auto sigma_c = sigma.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_out.scalar_type(), "gaussian_blend_backward_cpu", [&] {
+        blend_backward<scalar_t>(grad_out, mask_c, sigma_c, max_radius, grad_a, grad_b);
+      });
+  return {grad_a, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(medmix, CPU, m) {
+  m.impl("gaussian_blend", &gaussian_blend_cpu);
+  m.impl("gaussian_blend_backward", &gaussian_blend_backward_cpu);
+}
+
+}  // namespace medmix

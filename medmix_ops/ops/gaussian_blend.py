@@ -1,0 +1,192 @@
+"""gaussian_blend: Gaussian boundary blending of two image batches through a soft mask."""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+
+from .. import _backend
+from .. import reference as _ref
+from .._validation import check_image, check_mask, check_same, opmath_dtype
+
+OP = "gaussian_blend"
+SigmaLike = Union[float, int, Sequence[float], torch.Tensor]
+
+# Bounds the work per pixel (O(radius)) and the CUDA kernel's shared memory.
+MAX_SIGMA = 1000.0
+
+
+def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: SigmaLike, *,
+                   return_alpha: bool = False, backend: str = "auto"):
+    """Blends ``a`` into ``b`` through a Gaussian-softened mask, in one fused pass.
+
+    ``alpha = GaussianBlur(mask, sigma)``, ``out = alpha * a + (1 - alpha) * b``,
+    ``lam = mean(alpha)`` per sample. The blur is separable with radius ``ceil(3 * sigma)``,
+    weights ``exp(-t^2 / (2 sigma^2))`` normalised to 1 and a reflect border that does not repeat
+    the edge pixel (as ``F.pad(mode="reflect")``, extended periodically when the radius exceeds
+    the image). ``sigma = 0`` means the hard mask: pixels are copied bit for bit.
+
+    Args:
+        a, b: ``Tensor[B, C, H, W]``, float32/float16/bfloat16/float64 or uint8 (uint8 output is
+            rounded half to even); contiguous, channels_last or any strides; one dtype and device.
+        mask: ``Tensor[B, 1, H, W]``, floating or bool, values in [0, 1] (1 selects ``a``).
+            Treated as a constant: no gradient flows to it.
+        sigma: blur standard deviation in pixels, >= 0: a float for the batch, or per sample a
+            ``[B]`` tensor or sequence. A CPU tensor or a sequence costs nothing; a CUDA tensor
+            costs one host sync (its values size the kernel's halo and are validated).
+        return_alpha: also return the blurred mask ``alpha`` as ``Tensor[B, 1, H, W]``.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
+
+    Returns:
+        ``(out, lam)``, or ``(out, lam, alpha)`` with ``return_alpha``: ``out`` like ``a``
+        (same dtype and memory format), ``lam`` ``Tensor[B]`` and ``alpha`` in float32 (float64
+        for float64 images). Math is in float32 (float64 for float64 images).
+
+    Differentiable in ``a`` and ``b`` with a fused backward; works under
+    ``torch.compile(fullgraph=True)`` (give sigma as a float or a sequence there).
+
+    Example:
+        >>> a, b = torch.rand(8, 3, 64, 64), torch.rand(8, 3, 64, 64)
+        >>> mask = torch.zeros(8, 1, 64, 64); mask[..., 16:48, 16:48] = 1
+        >>> out, lam = gaussian_blend(a, b, mask, sigma=3.0)
+        >>> out.shape, lam.shape
+        (torch.Size([8, 3, 64, 64]), torch.Size([8]))
+    """
+    check_image(OP, "a", a)
+    check_image(OP, "b", b)
+    check_same(OP, "a", a, "b", b)
+    check_mask(OP, "mask", mask, a)
+    if not isinstance(return_alpha, bool):
+        raise TypeError(f"{OP}: return_alpha must be a bool, got {type(return_alpha).__name__}")
+    sigma_t, max_radius = sigma_to_tensor(OP, sigma, a.shape[0], a.device)
+    mask = mask.to(opmath_dtype(a.dtype))
+    which = _backend.resolve(OP, backend, a.device)
+    if which == "reference":
+        out, lam, alpha = _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha)
+    elif which == "triton":
+        out, lam, alpha = torch.ops.medmix_triton.gaussian_blend(a, b, mask, sigma_t, max_radius,
+                                                                 return_alpha)
+    else:  # "cpu" / "cuda": the C++ op dispatches on the device itself
+        out, lam, alpha = torch.ops.medmix.gaussian_blend(a, b, mask, sigma_t, max_radius,
+                                                          return_alpha)
+    return (out, lam, alpha) if return_alpha else (out, lam)
+
+
+def sigma_to_tensor(op: str, sigma: SigmaLike, batch: int, device: torch.device,
+                    name: str = "sigma"):
+    """Validates sigma and returns (float32 [batch] tensor on device, max radius).
+    The radius bound comes from host values: free for floats, sequences and CPU tensors."""
+    if isinstance(sigma, bool):
+        raise TypeError(f"{op}: {name} must be a float, a sequence or a tensor, got bool")
+    if isinstance(sigma, (int, float)):
+        s = float(sigma)
+        _check_sigma_value(op, name, s)
+        # Upper bound of ceil(3 s) for s rounded to float32 (the kernels compute the exact one).
+        return (torch.full((batch,), s, dtype=torch.float32, device=device),
+                math.ceil(3.0 * s * (1.0 + 2.0 ** -20)))
+    if isinstance(sigma, (list, tuple)):
+        if len(sigma) != batch:
+            raise ValueError(f"{op}: {name} must have one value per sample ({batch}), got {len(sigma)}")
+        values = []
+        for i, v in enumerate(sigma):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{op}: {name}[{i}] must be a number, got {type(v).__name__}")
+            _check_sigma_value(op, f"{name}[{i}]", float(v))
+            values.append(float(v))
+        return (torch.tensor(values, dtype=torch.float32, device=device),
+                math.ceil(3.0 * max(values) * (1.0 + 2.0 ** -20)))
+    if isinstance(sigma, torch.Tensor):
+        if not sigma.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} tensor must be floating, got {sigma.dtype}")
+        if sigma.dim() == 0:
+            sigma = sigma.reshape(1).expand(batch)
+        if sigma.dim() != 1 or sigma.shape[0] != batch:
+            raise ValueError(f"{op}: {name} tensor must have shape [B] = [{batch}] (or be 0-D), "
+                             f"got {list(sigma.shape)}")
+        s32 = sigma.detach().to(device=device, dtype=torch.float32).contiguous()
+        host = s32.cpu()  # one sync when sigma lives on the GPU; nothing for CPU tensors
+        bad = ~torch.isfinite(host) | (host < 0) | (host > MAX_SIGMA)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{op}: {name} must be finite and in [0, {MAX_SIGMA}], got "
+                             f"{name}[{i}] = {float(host[i])}")
+        return s32, int(torch.ceil(3.0 * host.double().max()).item())
+    raise TypeError(f"{op}: {name} must be a float, a sequence or a tensor, got {type(sigma).__name__}")
+
+
+def _check_sigma_value(op: str, name: str, s: float) -> None:
+    if not math.isfinite(s) or s < 0 or s > MAX_SIGMA:
+        raise ValueError(f"{op}: {name} must be finite and in [0, {MAX_SIGMA}], got {s}")
+
+
+# ---- torch.library registration: the Triton op, fake kernels and autograd ---------------------
+
+@torch.library.custom_op("medmix_triton::gaussian_blend", mutates_args=())
+def _gaussian_blend_triton(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
+                           sigma: torch.Tensor, max_radius: int,
+                           return_alpha: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ..triton import gaussian_blend as tk
+
+    return tk.gaussian_blend(a, b, mask, sigma, max_radius, return_alpha)
+
+
+@torch.library.custom_op("medmix_triton::gaussian_blend_backward", mutates_args=())
+def _gaussian_blend_backward_triton(grad_out: torch.Tensor, mask: torch.Tensor,
+                                    sigma: torch.Tensor,
+                                    max_radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..triton import gaussian_blend as tk
+
+    return tk.gaussian_blend_backward(grad_out, mask, sigma, max_radius)
+
+
+def _fake_forward(a, b, mask, sigma, max_radius, return_alpha):
+    torch._check(a.dim() == 4 and a.shape == b.shape, lambda: "a and b must be equal [B, C, H, W]")
+    B, _, H, W = a.shape
+    acc = opmath_dtype(a.dtype)
+    alpha = a.new_empty((B, 1, H, W) if return_alpha else (0,), dtype=acc)
+    return torch.empty_like(a), a.new_empty((B,), dtype=acc), alpha
+
+
+def _fake_backward(grad_out, mask, sigma, max_radius):
+    return torch.empty_like(grad_out), torch.empty_like(grad_out)
+
+
+def _register(namespace: str) -> None:
+    """Fake kernels and autograd for <namespace>::gaussian_blend(_backward). The backward of
+    gaussian_blend_backward is gaussian_blend itself (it is linear in grad_out), so any order of
+    derivative stays fused."""
+    fwd = f"{namespace}::gaussian_blend"
+    bwd = f"{namespace}::gaussian_blend_backward"
+    ops = getattr(torch.ops, namespace)
+    torch.library.register_fake(fwd, _fake_forward)
+    torch.library.register_fake(bwd, _fake_backward)
+
+    def setup_forward(ctx, inputs, output):
+        _, _, mask, sigma, max_radius, _ = inputs
+        ctx.save_for_backward(mask, sigma)
+        ctx.max_radius = max_radius
+
+    def backward_forward(ctx, grad_out, grad_lam, grad_alpha):
+        mask, sigma = ctx.saved_tensors
+        grad_a, grad_b = ops.gaussian_blend_backward(grad_out, mask, sigma, ctx.max_radius)
+        return grad_a, grad_b, None, None, None, None
+
+    def setup_backward(ctx, inputs, output):
+        _, mask, sigma, max_radius = inputs
+        ctx.save_for_backward(mask, sigma)
+        ctx.max_radius = max_radius
+
+    def backward_backward(ctx, grad_grad_a, grad_grad_b):
+        mask, sigma = ctx.saved_tensors
+        grad_grad_out, _, _ = ops.gaussian_blend(grad_grad_a, grad_grad_b, mask, sigma,
+                                                 ctx.max_radius, False)
+        return grad_grad_out, None, None, None
+
+    torch.library.register_autograd(fwd, backward_forward, setup_context=setup_forward)
+    torch.library.register_autograd(bwd, backward_backward, setup_context=setup_backward)
+
+
+_register("medmix_triton")
+if _backend.extension_loaded():
+    _register("medmix")

@@ -1,0 +1,74 @@
+"""Independent float64 references and comparison helpers for the tests (NumPy, written from the
+definitions in DESIGN.md, sharing no code with medmix_ops)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# (atol, rtol) when comparing an op's output with a float64 reference computed from the same
+# (already rounded) inputs: about one rounding of the output dtype.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-6, 2e-6),
+    torch.float16: (1e-3, 1e-3),
+    torch.bfloat16: (8e-3, 8e-3),
+    torch.uint8: (1.0, 0.0),
+}
+
+
+def mirror(i: int, n: int) -> int:
+    """Reflect about the edge pixels (edge not repeated), as often as needed."""
+    if n == 1:
+        return 0
+    while i < 0 or i >= n:
+        i = -i if i < 0 else 2 * (n - 1) - i
+    return i
+
+
+def gaussian_kernel_1d(sigma: float) -> np.ndarray:
+    sigma = float(np.float32(sigma))  # the ops receive sigma as float32
+    r = math.ceil(3.0 * sigma)
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-t * t / (2.0 * sigma * sigma)) if sigma > 0 else np.ones(1)
+    return w / w.sum()
+
+
+def blur_f64(m: np.ndarray, sigma: float) -> np.ndarray:
+    """[H, W] -> [H, W]: separable Gaussian blur with the mirror border, in float64."""
+    H, W = m.shape
+    w = gaussian_kernel_1d(sigma)
+    r = len(w) // 2
+    rows = np.array([[mirror(h + t, H) for t in range(-r, r + 1)] for h in range(H)])
+    cols = np.array([[mirror(x + t, W) for t in range(-r, r + 1)] for x in range(W)])
+    v = np.einsum("hkw,k->hw", m[rows, :], w)
+    return np.einsum("hwk,k->hw", v[:, cols], w)
+
+
+def blend_f64(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigmas) -> tuple:
+    """Reference (out, lam, alpha) in float64 numpy for [B, C, H, W] inputs."""
+    an, bn = a.double().cpu().numpy(), b.double().cpu().numpy()
+    mn = mask.double().cpu().numpy()
+    B = an.shape[0]
+    sig = [float(s) for s in (sigmas if isinstance(sigmas, (list, tuple)) else [sigmas] * B)]
+    alpha = np.stack([blur_f64(mn[i, 0], sig[i]) for i in range(B)])[:, None]
+    out = alpha * an + (1 - alpha) * bn
+    if a.dtype == torch.uint8:
+        out = np.clip(np.round(out), 0, 255)
+    return out, alpha.mean(axis=(1, 2, 3)), alpha
+
+
+def assert_close(actual: torch.Tensor, expected, atol: float, rtol: float, what: str = "") -> None:
+    """allclose with a message saying where and by how much it differs."""
+    act = actual.detach().double().cpu().numpy()
+    exp = np.asarray(expected, dtype=np.float64)
+    assert act.shape == exp.shape, f"{what}: shape {act.shape} != expected {exp.shape}"
+    err = np.abs(act - exp)
+    bad = err > atol + rtol * np.abs(exp)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{bad.size} elements differ; max error {err.max():.3g} "
+            f"(atol {atol}, rtol {rtol}); first at {idx}: got {act[idx]!r}, expected {exp[idx]!r}"
+        )

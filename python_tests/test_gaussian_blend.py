@@ -1,0 +1,320 @@
+"""gaussian_blend: every backend against an independent float64 reference, layouts, dtypes,
+autograd, torch.library integration, determinism and bad input."""
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import medmix_ops
+from medmix_ops import gaussian_blend
+from medmix_ops import _backend
+
+from conftest import HAS_CUDA
+from helpers import TOLERANCES, assert_close, blend_f64, blur_f64, gaussian_kernel_1d
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8]
+
+# (shape, sigma): odd sizes, 1x1, H and W below the radius, per-sample sigma with a zero, a row
+# wider than one Triton tile (128), a column taller than one tile (64), sigma = 0.
+CASES = [
+    ((2, 3, 37, 53), 2.5),
+    ((1, 1, 1, 1), 1.0),
+    ((3, 2, 5, 4), 3.0),
+    ((2, 3, 9, 7), [0.0, 1.3]),
+    ((1, 3, 8, 130), 0.0),
+    ((2, 1, 70, 3), 1.7),
+]
+
+
+def make_inputs(shape, dtype, device, seed=0, channels_last=False):
+    g = torch.Generator().manual_seed(seed)
+    B, C, H, W = shape
+    if dtype == torch.uint8:
+        a = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        b = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    else:
+        a = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
+        b = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
+    mask = (torch.rand((B, 1, H, W), generator=g) > 0.5).float()
+    if channels_last:
+        a = a.contiguous(memory_format=torch.channels_last)
+        b = b.contiguous(memory_format=torch.channels_last)
+    return a.to(device), b.to(device), mask.to(device)
+
+
+# ---- the test reference itself, against third-party definitions ------------------------------
+
+def test_reference_blur_matches_scipy_mirror_mode():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(0)
+    for (H, W), sigma in [((17, 23), 1.5), ((4, 3), 2.0), ((1, 9), 0.8), ((30, 2), 4.0)]:
+        m = rng.random((H, W))
+        r = math.ceil(3 * float(np.float32(sigma)))
+        s = float(np.float32(sigma))
+        want = ndimage.gaussian_filter1d(m, s, axis=0, mode="mirror", radius=r)
+        want = ndimage.gaussian_filter1d(want, s, axis=1, mode="mirror", radius=r)
+        np.testing.assert_allclose(blur_f64(m, sigma), want, atol=1e-12)
+
+
+def test_reference_blur_matches_reflect_pad_conv():
+    """Within one reflection the border is exactly F.pad(mode="reflect")."""
+    torch.manual_seed(0)
+    m = torch.rand(1, 1, 20, 31, dtype=torch.float64)
+    w = torch.from_numpy(gaussian_kernel_1d(2.0))
+    r = len(w) // 2
+    padded = F.pad(m, (r, r, r, r), mode="reflect")
+    want = F.conv2d(padded, (w[:, None] * w[None, :])[None, None])
+    np.testing.assert_allclose(blur_f64(m[0, 0].numpy(), 2.0), want[0, 0].numpy(), atol=1e-12)
+
+
+# ---- every backend against the float64 reference ----------------------------------------------
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape,sigma", CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_matches_float64_reference(device_backend, shape, sigma, dtype, channels_last):
+    device, backend = device_backend
+    a, b, mask = make_inputs(shape, dtype, device, channels_last=channels_last)
+    out, lam, alpha = gaussian_blend(a, b, mask, sigma, return_alpha=True, backend=backend)
+    want_out, want_lam, want_alpha = blend_f64(a, b, mask, sigma)
+
+    assert out.dtype == dtype and out.shape == a.shape and out.device == a.device
+    if channels_last and shape[1] > 1:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    acc_tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert_close(alpha, want_alpha, acc_tol, acc_tol, "alpha")
+    assert_close(lam, want_lam, acc_tol, acc_tol, "lam")
+    atol, rtol = TOLERANCES[dtype]
+    assert_close(out, want_out, atol, rtol, "out")
+    if dtype == torch.uint8:  # rounding ties may differ by one, nothing else
+        diff = (out.double().cpu().numpy() - want_out) != 0
+        assert diff.mean() < 0.01
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bfloat16])
+def test_hard_mask_copies_pixels_exactly(device_backend, dtype):
+    device, backend = device_backend
+    a, b, mask = make_inputs((2, 3, 11, 13), dtype, device)
+    out, lam = gaussian_blend(a, b, mask, 0.0, backend=backend)
+    assert torch.equal(out, torch.where(mask.bool(), a, b))
+    assert torch.allclose(lam, mask.mean(dim=(1, 2, 3)))
+
+
+def test_arbitrary_strides_and_expanded_mask(device_backend):
+    """Sliced (non-dense) images, a and b in different layouts, a mask expanded over the batch."""
+    device, backend = device_backend
+    g = torch.Generator().manual_seed(3)
+    big = torch.rand(3, 4, 20, 30, generator=g).to(device)
+    a = big[:, 1:4, ::2, 3:26]                        # non-contiguous view
+    b = torch.rand(3, 3, 10, 23, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    mask = (torch.rand(1, 1, 10, 23, generator=g) > 0.3).float().to(device).expand(3, 1, 10, 23)
+    out, lam = gaussian_blend(a, b, mask, [0.5, 1.0, 2.0], backend=backend)
+    want_out, want_lam, _ = blend_f64(a, b, mask, [0.5, 1.0, 2.0])
+    assert_close(out, want_out, 2e-6, 2e-6, "out")
+    assert_close(lam, want_lam, 1e-6, 1e-6, "lam")
+
+
+def test_sigma_forms_agree(device_backend):
+    device, backend = device_backend
+    a, b, mask = make_inputs((3, 2, 12, 9), torch.float32, device)
+    ref = gaussian_blend(a, b, mask, 1.5, backend=backend)[0]
+    for sigma in ([1.5, 1.5, 1.5], torch.full((3,), 1.5), torch.tensor(1.5),
+                  torch.full((3,), 1.5, dtype=torch.float64, device=device)):
+        assert torch.equal(gaussian_blend(a, b, mask, sigma, backend=backend)[0], ref)
+
+
+def test_bool_and_half_masks(device_backend):
+    device, backend = device_backend
+    a, b, mask = make_inputs((2, 3, 10, 10), torch.float32, device)
+    ref = gaussian_blend(a, b, mask, 1.0, backend=backend)[0]
+    assert torch.equal(gaussian_blend(a, b, mask.bool(), 1.0, backend=backend)[0], ref)
+    assert torch.equal(gaussian_blend(a, b, mask.half(), 1.0, backend=backend)[0], ref)
+
+
+# ---- autograd ----------------------------------------------------------------------------------
+
+def test_gradcheck_float64(device_backend):
+    device, backend = device_backend
+    a, b, mask = make_inputs((2, 2, 5, 6), torch.float64, device, seed=1)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+
+    def f(x, y):
+        return gaussian_blend(x, y, mask, [0.8, 1.6], backend=backend)[0]
+
+    assert torch.autograd.gradcheck(f, (a, b), fast_mode=True)
+    assert torch.autograd.gradgradcheck(f, (a, b), fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_matches_reference(kernel_backend, dtype):
+    device, backend = kernel_backend
+    a, b, mask = make_inputs((2, 3, 13, 17), dtype, device, seed=2, channels_last=True)
+    grads = {}
+    for k in ("reference", backend):
+        x, y = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        out, lam = gaussian_blend(x, y, mask, 2.0, backend=k)
+        (out.float() * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
+        grads[k] = (x.grad, y.grad)
+    atol, rtol = TOLERANCES[dtype]
+    for got, want in zip(grads[backend], grads["reference"]):
+        assert got.dtype == dtype
+        assert_close(got, want.double().cpu().numpy(), atol, rtol, "grad")
+
+
+# ---- torch.library integration ----------------------------------------------------------------
+
+def _op_for(backend):
+    ns = torch.ops.medmix_triton if backend == "triton" else torch.ops.medmix
+    return ns.gaussian_blend.default, ns.gaussian_blend_backward.default
+
+
+def test_opcheck(kernel_backend):
+    device, backend = kernel_backend
+    fwd, bwd = _op_for(backend)
+    a, b, mask = make_inputs((2, 3, 7, 9), torch.float32, device)
+    sigma = torch.tensor([1.0, 0.5], device=device)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    torch.library.opcheck(fwd, (a, b, mask, sigma, 3, True))
+    torch.library.opcheck(fwd, (a.detach().half(), b.detach().half(), mask, sigma, 3, False))
+    torch.library.opcheck(bwd, (torch.randn(2, 3, 7, 9, device=device, requires_grad=True),
+                                mask, sigma, 3))
+
+
+@pytest.mark.parametrize("backend_kind", ["forward", "backward"])
+def test_torch_compile_fullgraph(device_backend, backend_kind):
+    device, backend = device_backend
+    a, b, mask = make_inputs((2, 3, 9, 11), torch.float32, device)
+    torch._dynamo.reset()
+
+    def f(x, y, m):
+        out, lam = gaussian_blend(x, y, m, 1.5, backend=backend)
+        return out * 2.0, lam
+
+    compiled = torch.compile(f, fullgraph=True)
+    if backend_kind == "forward":
+        got, want = compiled(a, b, mask), f(a, b, mask)
+        assert torch.allclose(got[0], want[0], atol=1e-6) and torch.allclose(got[1], want[1])
+    else:
+        x, y = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        compiled(x, y, mask)[0].sum().backward()
+        alpha = gaussian_blend(a, b, mask, 1.5, return_alpha=True, backend=backend)[2]
+        assert torch.allclose(x.grad, 2 * alpha.expand_as(a), atol=1e-6)
+        assert torch.allclose(y.grad, 2 * (1 - alpha).expand_as(a), atol=1e-6)
+
+
+def test_cuda_kernels_registered():
+    """The CUDA sources compile into the extension whenever torch is a CUDA build and nvcc is
+    present (MEDMIX_CUDA != 0), GPU or not."""
+    expected = (torch.version.cuda is not None and os.environ.get("MEDMIX_CUDA") != "0"
+                and (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")))
+    if not expected:
+        pytest.skip("extension built without CUDA (no CUDA torch, no nvcc, or MEDMIX_CUDA=0)")
+    for op in ("gaussian_blend", "gaussian_blend_backward"):
+        assert _backend.has_kernel(op, "CUDA"), torch._C._dispatch_dump(f"medmix::{op}")
+        assert _backend.has_kernel(op, "CPU")
+
+
+def test_extension_and_triton_present():
+    """The suite must exercise the C++ and Triton kernels, not quietly fall back."""
+    assert medmix_ops.extension_error() is None, medmix_ops.extension_error()
+    assert "cpu" in medmix_ops.available_backends("gaussian_blend", "cpu")
+    if not HAS_CUDA:
+        assert "triton" in medmix_ops.available_backends("gaussian_blend", "cpu")
+
+
+# ---- determinism and backend choice -----------------------------------------------------------
+
+def test_cpu_output_is_bitwise_deterministic_across_thread_counts():
+    a, b, mask = make_inputs((4, 3, 33, 47), torch.float32, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            runs.append(gaussian_blend(a, b, mask, [0.5, 1.0, 2.0, 3.0], backend="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    for out, lam in runs[1:]:
+        assert torch.equal(out, runs[0][0]) and torch.equal(lam, runs[0][1])
+
+
+def test_auto_backend_and_env_override(monkeypatch):
+    a, b, mask = make_inputs((1, 1, 4, 4), torch.float32, "cpu")
+    assert _backend.resolve("gaussian_blend", "auto", a.device) == "cpu"
+    monkeypatch.setenv("MEDMIX_BACKEND", "reference")
+    assert _backend.resolve("gaussian_blend", "auto", a.device) == "reference"
+    assert _backend.resolve("gaussian_blend", "cpu", a.device) == "cpu"  # explicit wins
+    monkeypatch.setenv("MEDMIX_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="MEDMIX_BACKEND"):
+        gaussian_blend(a, b, mask, 1.0)
+
+
+def test_unavailable_backend_is_a_clear_error():
+    a, b, mask = make_inputs((1, 1, 4, 4), torch.float32, "cpu")
+    with pytest.raises(ValueError, match="CUDA kernel needs CUDA tensors"):
+        gaussian_blend(a, b, mask, 1.0, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        gaussian_blend(a, b, mask, 1.0, backend="fast")
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+def _bad_cases():
+    a = torch.rand(2, 3, 8, 8)
+    b = torch.rand(2, 3, 8, 8)
+    m = torch.ones(2, 1, 8, 8)
+    return [
+        ("a not a tensor", dict(a=a.numpy()), TypeError, "a must be a torch.Tensor"),
+        ("a 3-D", dict(a=a[0], b=b[0]), ValueError, "a must be 4-D"),
+        ("shape mismatch", dict(b=torch.rand(2, 3, 8, 9)), ValueError, "a and b must have one shape"),
+        ("dtype mismatch", dict(b=b.double()), TypeError, "a and b must have one dtype"),
+        ("int32 images", dict(a=a.int(), b=b.int()), TypeError, "a must have dtype in"),
+        ("empty batch", dict(a=a[:0], b=b[:0], mask=m[:0]), ValueError, "B, C, H, W >= 1"),
+        ("mask 2 channels", dict(mask=torch.ones(2, 2, 8, 8)), ValueError, "mask must have shape [B, 1, H, W]"),
+        ("mask wrong size", dict(mask=torch.ones(2, 1, 8, 7)), ValueError, "mask must have shape"),
+        ("mask 3-D", dict(mask=torch.ones(2, 8, 8)), ValueError, "mask must be 4-D"),
+        ("mask int", dict(mask=torch.ones(2, 1, 8, 8, dtype=torch.int64)), TypeError, "mask must be a floating or bool"),
+        ("negative sigma", dict(sigma=-1.0), ValueError, "sigma must be finite and in"),
+        ("nan sigma", dict(sigma=float("nan")), ValueError, "sigma must be finite"),
+        ("inf sigma", dict(sigma=float("inf")), ValueError, "sigma must be finite"),
+        ("huge sigma", dict(sigma=1e6), ValueError, "sigma must be finite and in"),
+        ("sigma wrong length", dict(sigma=torch.ones(3)), ValueError, "shape [B] = [2]"),
+        ("sigma list wrong length", dict(sigma=[1.0]), ValueError, "one value per sample (2), got 1"),
+        ("sigma tensor nan", dict(sigma=torch.tensor([1.0, float("nan")])), ValueError, "sigma[1] = nan"),
+        ("sigma tensor negative", dict(sigma=torch.tensor([-1.0, 1.0])), ValueError, "sigma[0] = -1.0"),
+        ("sigma int tensor", dict(sigma=torch.ones(2, dtype=torch.int64)), TypeError, "sigma tensor must be floating"),
+        ("sigma string", dict(sigma="2"), TypeError, "sigma must be a float"),
+        ("sigma bool", dict(sigma=True), TypeError, "got bool"),
+        ("return_alpha int", dict(return_alpha=1), TypeError, "return_alpha must be a bool"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda c: c[0])
+def test_bad_input_names_the_argument(case):
+    _, override, exc, message = case
+    args = dict(a=torch.rand(2, 3, 8, 8), b=torch.rand(2, 3, 8, 8), mask=torch.ones(2, 1, 8, 8),
+                sigma=1.0)
+    args.update(override)
+    with pytest.raises(exc, match=__import__("re").escape(message)):
+        gaussian_blend(**args)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_mismatched_devices():
+    a = torch.rand(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="one device"):
+        gaussian_blend(a, a.cuda(), torch.ones(1, 1, 4, 4), 1.0)
+    with pytest.raises(ValueError, match="mask must be on"):
+        gaussian_blend(a.cuda(), a.cuda(), torch.ones(1, 1, 4, 4), 1.0)
+
+
+def test_raw_op_refuses_too_small_max_radius():
+    a, b, mask = make_inputs((1, 1, 6, 6), torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="max_radius"):
+        torch.ops.medmix.gaussian_blend(a, b, mask, torch.tensor([2.0]), 3, False)
