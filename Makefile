@@ -63,8 +63,13 @@ cmake: $(PKG_STAMP)
 	@ln -sf cmake-build/compile_commands.json compile_commands.json
 	./cmake-build/medmix_standalone_check
 
+# Results (with machine, commit and date) go to benchmarks/results/<device>-<date>.json.
+BENCH_DEVICE = $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_-' || true)
+BENCH_JSON ?= benchmarks/results/$(if $(BENCH_DEVICE),$(BENCH_DEVICE),cpu-$(shell nproc)core)-$(shell date +%Y-%m-%d).json
 bench: build
-	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,ops $(PYTEST_ARGS)
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,ops \
+	    --benchmark-json=$(BENCH_JSON) $(PYTEST_ARGS)
+	@echo "results: $(BENCH_JSON)"
 
 clean:
 	rm -rf build cmake-build build.log cmake-build.log compile_commands.json medmix_ops/*.so demo_out

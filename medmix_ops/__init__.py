@@ -3,10 +3,38 @@
     >>> from medmix_ops import gaussian_blend
     >>> out, lam = gaussian_blend(a, b, mask, sigma=3.0)
 
-Backends: PyTorch reference, C++ CPU, CUDA and Triton; see medmix_ops._backend.
+Backends: PyTorch reference, C++ CPU, CUDA and Triton; see medmix_ops._backend. Without a GPU,
+Triton kernels run only in its interpreter: set TRITON_INTERPRET=1 before importing medmix_ops.
+
+Attributes load on first use (PEP 562), so `import medmix_ops.cli` stays light and can decide
+TRITON_INTERPRET before anything imports triton (torch._dynamo does, via torch.compiler).
 """
-from ._backend import available_backends, extension_error, extension_loaded
-from .ops import gaussian_blend
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["gaussian_blend", "available_backends", "extension_loaded", "extension_error"]
+
+_LAZY = {
+    "gaussian_blend": ("medmix_ops.ops", "gaussian_blend"),
+    "available_backends": ("medmix_ops._backend", "available_backends"),
+    "extension_loaded": ("medmix_ops._backend", "extension_loaded"),
+    "extension_error": ("medmix_ops._backend", "extension_error"),
+    "ops": ("medmix_ops.ops", None),
+    "reference": ("medmix_ops.reference", None),
+}
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'medmix_ops' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    value = getattr(value, attr) if attr else value
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,52 @@
+"""The `medmix` command: demo output, info, and one-line errors with a non-zero exit."""
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from medmix_ops import cli
+
+
+def test_demo_writes_preview_and_table(tmp_path, capsys):
+    rc = cli.main(["demo", "--out", str(tmp_path), "--batch", "4", "--size", "32", "--quick"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for backend in ("reference", "cpu", "triton"):
+        assert f" {backend}" in printed
+    assert "images/s" in printed
+    png = tmp_path / "preview.png"
+    assert png.exists()
+    with Image.open(png) as im:
+        assert im.size[0] > 5 * 32 and im.size[1] > 4 * 32  # 5 columns x 4 rows of 32 px
+
+
+def test_demo_bad_argument_is_one_line_error(tmp_path, capsys):
+    rc = cli.main(["demo", "--out", str(tmp_path), "--batch", "2", "--size", "16", "--sigma", "-1"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sigma must be finite and in [0" in err
+
+
+def test_argparse_rejects_nonpositive_sizes(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", "--batch", "0"])
+    assert e.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_info_reports_backends(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "extension: loaded" in out and "backends for cpu tensors" in out
+
+
+def test_console_module_entry_point_runs():
+    """`python -m medmix_ops.cli` works in a fresh process, where the CLI itself must set up
+    TRITON_INTERPRET before anything imports triton."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-m", "medmix_ops.cli", "info"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "triton" in res.stdout
