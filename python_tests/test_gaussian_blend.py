@@ -305,6 +305,15 @@ def test_bad_input_names_the_argument(case):
         gaussian_blend(**args)
 
 
+def test_mismatched_devices_without_gpu():
+    """The meta device stands in for a second device, so this runs everywhere."""
+    a = torch.rand(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="a and b must be on one device, got cpu and meta"):
+        gaussian_blend(a, a.to("meta"), torch.ones(1, 1, 4, 4), 1.0)
+    with pytest.raises(ValueError, match="mask must be on cpu like the images, got meta"):
+        gaussian_blend(a, a, torch.ones(1, 1, 4, 4, device="meta"), 1.0)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 def test_mismatched_devices():
     a = torch.rand(1, 1, 4, 4)

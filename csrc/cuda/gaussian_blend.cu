@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kTileW)
                                   acc_t* __restrict__ alpha_out, acc_t* __restrict__ partial,
                                   int64_t C, int64_t H, int64_t W, Strides4 sa, Strides4 sb,
                                   Strides4 so, int max_radius, TileGrid grid) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   int64_t bi = 0;
   const acc_t sum = for_each_alpha_in_tile<acc_t>(
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(kTileW)
                                    scalar_t* __restrict__ grad_a, scalar_t* __restrict__ grad_b,
                                    int64_t C, int64_t H, int64_t W, Strides4 sg, Strides4 sa,
                                    Strides4 sb, int max_radius, TileGrid grid) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* smem = reinterpret_cast<acc_t*>(smem_raw);
   int64_t bi = 0;
   for_each_alpha_in_tile<acc_t>(
