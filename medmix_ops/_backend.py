@@ -17,8 +17,9 @@ import torch
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
 # Which GPU kernel "auto" picks per op. Update from benchmarks/results/ when measurements change.
-# gaussian_blend: not yet measured on a GPU; the CUDA C++ kernel is the default until it is.
-GPU_PREFERENCE = {"gaussian_blend": "cuda"}
+# No op has been measured on a GPU yet; the CUDA C++ kernels are the default until they are.
+GPU_PREFERENCE = {"gaussian_blend": "cuda", "saliency": "cuda", "patch_ratio_pool": "cuda",
+                  "adm": "cuda"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,11 +36,19 @@ def extension_loaded() -> bool:
     return extension_error() is None
 
 
+# Public ops built from several registered kernels, and the one that stands for them all.
+_KERNEL_OF = {"saliency": "saliency_map", "patch_ratio_pool": "patch_pool", "adm": "adm_minmax"}
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
-    """True when torch.ops.medmix.<op> has a kernel registered for dispatch_key ("CPU"/"CUDA")."""
+    """True when torch.ops.medmix.<op> (or, for a public op made of several kernels, its first
+    kernel) has a kernel registered for dispatch_key ("CPU" / "CUDA")."""
     if not extension_loaded():
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"medmix::{op}", dispatch_key)
+    name = _KERNEL_OF.get(op, op)
+    if not torch._C._dispatch_has_kernel(f"medmix::{name}"):
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"medmix::{name}", dispatch_key)
 
 
 def triton_interpreted() -> bool:
@@ -135,3 +144,16 @@ def _why_unavailable(op: str, backend: str, device: torch.device) -> str:
     if not extension_loaded():
         return head + f"the extension is not built ({extension_error()})"
     return head + f"the extension was built without {backend.upper()} kernels"
+
+
+def ops_namespace(backend: str):
+    """torch.ops.medmix_triton for "triton", torch.ops.medmix (CPU / CUDA kernels) otherwise."""
+    return torch.ops.medmix_triton if backend == "triton" else torch.ops.medmix
+
+
+def register_fake_both(name: str, fn) -> None:
+    """Registers fn as the fake (meta) kernel of medmix_triton::<name> and, when the extension is
+    loaded, of medmix::<name>: both namespaces share one schema per op."""
+    torch.library.register_fake(f"medmix_triton::{name}", fn)
+    if extension_loaded():
+        torch.library.register_fake(f"medmix::{name}", fn)

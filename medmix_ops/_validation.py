@@ -58,3 +58,74 @@ def check_mask(op: str, name: str, mask, images: torch.Tensor) -> None:
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype kernels compute in: float64 for float64 inputs, float32 for everything else."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def per_sample_values(op: str, name: str, value, batch: int, device, lo: float, hi: float, *,
+                      validate: bool = True) -> tuple[torch.Tensor, float]:
+    """A float, a sequence of `batch` numbers or a 0-D / [batch] floating tensor -> (float32
+    [batch] tensor on device, the largest value as a host float). Values must be finite and in
+    [lo, hi]. Floats, sequences and CPU tensors are checked for free; a CUDA tensor costs one
+    host sync, skipped with validate=False (its largest value is then reported as hi)."""
+    import math
+
+    if isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a float, a sequence or a tensor, got bool")
+    if isinstance(value, (int, float)):
+        v = float(value)
+        _check_range(op, name, v, lo, hi)
+        return torch.full((batch,), v, dtype=torch.float32, device=device), v
+    if isinstance(value, (list, tuple)):
+        if len(value) != batch:
+            raise ValueError(f"{op}: {name} must have one value per sample ({batch}), got {len(value)}")
+        values = []
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{op}: {name}[{i}] must be a number, got {type(v).__name__}")
+            _check_range(op, f"{name}[{i}]", float(v), lo, hi)
+            values.append(float(v))
+        return torch.tensor(values, dtype=torch.float32, device=device), max(values)
+    if isinstance(value, torch.Tensor):
+        if not value.dtype.is_floating_point:
+            raise TypeError(f"{op}: {name} tensor must be floating, got {value.dtype}")
+        if value.dim() == 0:
+            value = value.reshape(1).expand(batch)
+        if value.dim() != 1 or value.shape[0] != batch:
+            raise ValueError(f"{op}: {name} tensor must have shape [B] = [{batch}] (or be 0-D), "
+                             f"got {list(value.shape)}")
+        v32 = value.detach().to(device=device, dtype=torch.float32).contiguous()
+        if not validate and value.device.type != "cpu":
+            return v32, hi
+        host = value.detach().to(dtype=torch.float64).cpu()  # one sync for a GPU tensor
+        bad = ~torch.isfinite(host) | (host < lo) | (host > hi)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{op}: {name} must be finite and in [{lo}, {hi}], got "
+                             f"{name}[{i}] = {float(host[i])}")
+        return v32, float(host.max())
+    raise TypeError(f"{op}: {name} must be a float, a sequence or a tensor, got {type(value).__name__}")
+
+
+def _check_range(op: str, name: str, v: float, lo: float, hi: float) -> None:
+    import math
+
+    if not math.isfinite(v) or v < lo or v > hi:
+        raise ValueError(f"{op}: {name} must be finite and in [{lo}, {hi}], got {v}")
+
+
+def check_perm(op: str, perm, batch: int, device, *, validate: bool = True) -> torch.Tensor:
+    """A partner permutation / index vector: integer [batch] with values in [0, batch) ->
+    int64 on device. A CUDA tensor's values cost one host sync to check (validate=False skips
+    it; the kernels still clamp indices, so memory stays safe)."""
+    if not isinstance(perm, torch.Tensor):
+        raise TypeError(f"{op}: perm must be a torch.Tensor of indices, got {type(perm).__name__}")
+    if perm.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"{op}: perm must be an integer tensor, got {perm.dtype}")
+    if perm.dim() != 1 or perm.shape[0] != batch:
+        raise ValueError(f"{op}: perm must have shape [B] = [{batch}], got {list(perm.shape)}")
+    if validate or perm.device.type == "cpu":
+        host = perm.detach().cpu()
+        bad = (host < 0) | (host >= batch)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"{op}: perm values must be in [0, {batch}), got perm[{i}] = {int(host[i])}")
+    return perm.detach().to(device=device, dtype=torch.int64).contiguous()

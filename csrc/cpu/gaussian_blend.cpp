@@ -16,15 +16,10 @@
 #include "../common/gaussian_blend_args.h"
 #include "../common/gaussian_taps.h"
 #include "../common/pixel.h"
+#include "../common/strides.h"
 
 namespace medmix {
 namespace {
-
-struct Strides4 {
-  int64_t n, c, h, w;
-  explicit Strides4(const at::Tensor& t)
-      : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
-};
 
 // Calls consume(b, h, alpha_row) for every row of every sample, in parallel over rows.
 // mask: contiguous [B, 1, H, W] of acc_t; sigma: contiguous float32 [B].
@@ -82,7 +77,7 @@ void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& m
                    at::Tensor& lam, at::Tensor* alpha_out) {
   using acc_t = acc_type_t<scalar_t>;
   const int64_t B = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
-  const Strides4 sa(a), sb(b), so(out);
+  const Strides4 sa = strides_of(a), sb = strides_of(b), so = strides_of(out);
   const scalar_t* pa = a.data_ptr<scalar_t>();
   const scalar_t* pb = b.data_ptr<scalar_t>();
   scalar_t* po = out.data_ptr<scalar_t>();
@@ -134,7 +129,7 @@ void blend_backward(const at::Tensor& grad_out, const at::Tensor& mask, const at
                     int64_t max_radius, at::Tensor& grad_a, at::Tensor& grad_b) {
   using acc_t = acc_type_t<scalar_t>;
   const int64_t C = grad_out.size(1), W = grad_out.size(3);
-  const Strides4 sg(grad_out), sa(grad_a), sb(grad_b);
+  const Strides4 sg = strides_of(grad_out), sa = strides_of(grad_a), sb = strides_of(grad_b);
   const scalar_t* pg = grad_out.data_ptr<scalar_t>();
   scalar_t* pa = grad_a.data_ptr<scalar_t>();
   scalar_t* pb = grad_b.data_ptr<scalar_t>();

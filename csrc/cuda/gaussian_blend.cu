@@ -19,6 +19,8 @@
 #include "../common/gaussian_blend_args.h"
 #include "../common/gaussian_taps.h"
 #include "../common/pixel.h"
+#include "../common/strides.h"
+#include "block_reduce.cuh"
 
 namespace medmix {
 namespace {
@@ -26,31 +28,10 @@ namespace {
 constexpr int kTileW = 128;  // threads per block, one output column each
 constexpr int kRows = 8;     // output rows per block: the taps are computed once per 8 rows
 
-struct Strides4 {
-  int64_t n, c, h, w;
-};
-
-Strides4 strides_of(const at::Tensor& t) {
-  return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
-}
-
 struct TileGrid {
   int64_t tiles_w, tiles_h;
   __host__ __device__ int64_t tiles() const { return tiles_w * tiles_h; }
 };
-
-template <typename acc_t>
-__device__ acc_t block_sum(acc_t v, acc_t* scratch) {
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  acc_t total = 0;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < kTileW / 32; ++i) total += scratch[i];
-  }
-  return total;
-}
 
 // Walks the tile's rows; calls consume(bi, h, w, alpha) for each in-range pixel and returns
 // this thread's sum of alpha. Shared memory: taps[2R+1], col[kTileW + 2R].
@@ -115,8 +96,7 @@ __global__ void __launch_bounds__(kTileW)
         }
         if (alpha_out != nullptr) alpha_out[(bi * H + h) * W + w] = alpha;
       });
-  // The tile loop ends with __syncthreads(), so the taps/col scratch is free to reuse here.
-  const acc_t total = block_sum<acc_t>(sum, smem);
+  const acc_t total = block_all_reduce(sum, SumOp{}, acc_t(0));
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 

@@ -8,7 +8,7 @@ import torch
 
 from .. import _backend
 from .. import reference as _ref
-from .._validation import check_image, check_mask, check_same, opmath_dtype
+from .._validation import check_image, check_mask, check_same, opmath_dtype, per_sample_values
 
 OP = "gaussian_blend"
 SigmaLike = Union[float, int, Sequence[float], torch.Tensor]
@@ -75,49 +75,11 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
 
 def sigma_to_tensor(op: str, sigma: SigmaLike, batch: int, device: torch.device,
                     name: str = "sigma"):
-    """Validates sigma and returns (float32 [batch] tensor on device, max radius).
-    The radius bound comes from host values: free for floats, sequences and CPU tensors."""
-    if isinstance(sigma, bool):
-        raise TypeError(f"{op}: {name} must be a float, a sequence or a tensor, got bool")
-    if isinstance(sigma, (int, float)):
-        s = float(sigma)
-        _check_sigma_value(op, name, s)
-        # Upper bound of ceil(3 s) for s rounded to float32 (the kernels compute the exact one).
-        return (torch.full((batch,), s, dtype=torch.float32, device=device),
-                math.ceil(3.0 * s * (1.0 + 2.0 ** -20)))
-    if isinstance(sigma, (list, tuple)):
-        if len(sigma) != batch:
-            raise ValueError(f"{op}: {name} must have one value per sample ({batch}), got {len(sigma)}")
-        values = []
-        for i, v in enumerate(sigma):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise TypeError(f"{op}: {name}[{i}] must be a number, got {type(v).__name__}")
-            _check_sigma_value(op, f"{name}[{i}]", float(v))
-            values.append(float(v))
-        return (torch.tensor(values, dtype=torch.float32, device=device),
-                math.ceil(3.0 * max(values) * (1.0 + 2.0 ** -20)))
-    if isinstance(sigma, torch.Tensor):
-        if not sigma.dtype.is_floating_point:
-            raise TypeError(f"{op}: {name} tensor must be floating, got {sigma.dtype}")
-        if sigma.dim() == 0:
-            sigma = sigma.reshape(1).expand(batch)
-        if sigma.dim() != 1 or sigma.shape[0] != batch:
-            raise ValueError(f"{op}: {name} tensor must have shape [B] = [{batch}] (or be 0-D), "
-                             f"got {list(sigma.shape)}")
-        s32 = sigma.detach().to(device=device, dtype=torch.float32).contiguous()
-        host = s32.cpu()  # one sync when sigma lives on the GPU; nothing for CPU tensors
-        bad = ~torch.isfinite(host) | (host < 0) | (host > MAX_SIGMA)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"{op}: {name} must be finite and in [0, {MAX_SIGMA}], got "
-                             f"{name}[{i}] = {float(host[i])}")
-        return s32, int(torch.ceil(3.0 * host.double().max()).item())
-    raise TypeError(f"{op}: {name} must be a float, a sequence or a tensor, got {type(sigma).__name__}")
-
-
-def _check_sigma_value(op: str, name: str, s: float) -> None:
-    if not math.isfinite(s) or s < 0 or s > MAX_SIGMA:
-        raise ValueError(f"{op}: {name} must be finite and in [0, {MAX_SIGMA}], got {s}")
+    """Validates sigma and returns (float32 [batch] tensor on device, max radius). The radius
+    bound comes from host values: free for floats, sequences and CPU tensors."""
+    sigma_t, largest = per_sample_values(op, name, sigma, batch, device, 0.0, MAX_SIGMA)
+    # Upper bound of ceil(3 s) for s rounded to float32 (the kernels compute the exact one).
+    return sigma_t, math.ceil(3.0 * largest * (1.0 + 2.0 ** -20))
 
 
 # ---- torch.library registration: the Triton op, fake kernels and autograd ---------------------

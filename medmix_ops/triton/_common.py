@@ -65,3 +65,26 @@ def store_converted(ptr, value, mask, IS_UINT8: tl.constexpr):
         tl.store(ptr, v.to(tl.uint8), mask=mask)
     else:
         tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+@triton.jit
+def is_flat(lo, hi):
+    """A map whose range is at most 1e-5 of its magnitude is flat (csrc/common/saliency.h)."""
+    mag = tl.maximum(tl.abs(lo), tl.abs(hi))
+    return not_(hi - lo > 1e-5 * mag)
+
+
+@triton.jit
+def not_(c):
+    return c == 0
+
+
+@triton.jit
+def normalize(v, lo, hi):
+    """(v - lo) / (hi - lo), 0 for a flat map."""
+    flat = is_flat(lo, hi)
+    return tl.where(flat, 0.0, (v - lo) / tl.where(flat, 1.0, hi - lo))

@@ -1,0 +1,194 @@
+// Absolute-difference-map kernels on the CPU (VariMix ADM): adm_minmax, adm_apply,
+// adm_histogram and adm_mix, parallel over (sample, 4096-pixel chunk). Partial results per chunk
+// are reduced in a fixed order, so results do not depend on the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <tuple>
+
+#include "../common/adm.h"
+#include "../common/adm_args.h"
+#include "../common/strides.h"
+
+namespace medmix {
+namespace {
+
+// lo and range of sample bi from its chunk partials; range 0 when the sample is flat.
+void sample_range(const float* mm, int64_t T, int64_t bi, float* lo, float* range) {
+  float l = FLT_MAX, h = -FLT_MAX;
+  for (int64_t t = 0; t < T; ++t) {
+    l = std::min(l, mm[(bi * T + t) * 2]);
+    h = std::max(h, mm[(bi * T + t) * 2 + 1]);
+  }
+  *lo = l;
+  *range = is_flat(l, h) ? 0.f : h - l;
+}
+
+at::Tensor adm_minmax_cpu(const at::Tensor& x, const at::Tensor& x_hat) {
+  check_adm_images(x, x_hat, "medmix::adm_minmax");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t T = adm_chunks(H, W);
+  auto out = at::empty({B, T, 2}, x.options().dtype(at::kFloat));
+  float* po = out.data_ptr<float>();
+  const Strides4 sx = strides_of(x), sh = strides_of(x_hat);
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_minmax", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* ph = x_hat.data_ptr<scalar_t>();
+    at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bi = task / T, k0 = (task % T) * kAdmChunk, k1 = std::min(k0 + kAdmChunk, H * W);
+        float lo = FLT_MAX, hi = -FLT_MAX;
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t y = k / W, xx = k % W;
+          for (int64_t c = 0; c < C; ++c) {
+            const float d = std::fabs(static_cast<float>(ph[sh.at(bi, y, xx) + c * sh.c]) -
+                                      static_cast<float>(px[sx.at(bi, y, xx) + c * sx.c]));
+            lo = std::min(lo, d);
+            hi = std::max(hi, d);
+          }
+        }
+        po[task * 2] = lo;
+        po[task * 2 + 1] = hi;
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> adm_apply_cpu(const at::Tensor& x, const at::Tensor& x_hat,
+                                                 const at::Tensor& minmax_in,
+                                                 const at::Tensor& thr_in, bool emit_score) {
+  check_adm_images(x, x_hat, "medmix::adm_apply");
+  check_adm_minmax(x, minmax_in, "medmix::adm_apply");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  check_per_sample(thr_in, B, "thr", "medmix::adm_apply");
+  const int64_t T = adm_chunks(H, W);
+  const auto minmax = minmax_in.contiguous(), thr = thr_in.contiguous();
+  auto out = at::empty({B, 1, H, W}, x.options().dtype(at::kFloat));
+  auto count = at::empty({B, T}, x.options().dtype(at::kInt));
+  const float* pm = minmax.data_ptr<float>();
+  const float* pt = thr.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  int32_t* pc = count.data_ptr<int32_t>();
+  const Strides4 sx = strides_of(x), sh = strides_of(x_hat);
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_apply", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* ph = x_hat.data_ptr<scalar_t>();
+    at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bi = task / T, k0 = (task % T) * kAdmChunk, k1 = std::min(k0 + kAdmChunk, H * W);
+        float lo, range;
+        sample_range(pm, T, bi, &lo, &range);
+        int32_t n = 0;
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t y = k / W, xx = k % W;
+          const float a = range > 0.f ? adm_score(px + sx.at(bi, y, xx), sx.c, ph + sh.at(bi, y, xx), sh.c, C, lo, range) : 0.f;
+          const bool on = range > 0.f && a >= pt[bi];
+          po[bi * H * W + k] = emit_score ? a : (on ? 1.f : 0.f);
+          n += on;
+        }
+        pc[task] = n;
+      }
+    });
+  });
+  return {out, count};
+}
+
+at::Tensor adm_histogram_cpu(const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& minmax_in) {
+  check_adm_images(x, x_hat, "medmix::adm_histogram");
+  check_adm_minmax(x, minmax_in, "medmix::adm_histogram");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t T = adm_chunks(H, W);
+  const auto minmax = minmax_in.contiguous();
+  auto hist = at::zeros({B, kAdmBins}, x.options().dtype(at::kInt));
+  const float* pm = minmax.data_ptr<float>();
+  int32_t* ph_out = hist.data_ptr<int32_t>();
+  const Strides4 sx = strides_of(x), sh = strides_of(x_hat);
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_histogram", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* ph = x_hat.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bi = begin; bi < end; ++bi) {
+        float lo, range;
+        sample_range(pm, T, bi, &lo, &range);
+        int32_t* hb = ph_out + bi * kAdmBins;
+        for (int64_t k = 0; k < H * W; ++k) {
+          const int64_t y = k / W, xx = k % W;
+          const float a = range > 0.f ? adm_score(px + sx.at(bi, y, xx), sx.c, ph + sh.at(bi, y, xx), sh.c, C, lo, range) : 0.f;
+          ++hb[adm_bin(a)];
+        }
+      }
+    });
+  });
+  return hist;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(const at::Tensor& x, const at::Tensor& x_hat,
+                                                           const at::Tensor& perm_in,
+                                                           const at::Tensor& minmax_in,
+                                                           const at::Tensor& lam_in) {
+  check_adm_images(x, x_hat, "medmix::adm_mix");
+  check_adm_minmax(x, minmax_in, "medmix::adm_mix");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  check_per_sample(lam_in, B, "lam", "medmix::adm_mix");
+  TORCH_CHECK(perm_in.dim() == 1 && perm_in.size(0) == B && perm_in.scalar_type() == at::kLong,
+              "medmix::adm_mix: perm must be int64 [", B, "], got ", perm_in.scalar_type(), " ", perm_in.sizes());
+  const auto perm = perm_in.contiguous(), minmax = minmax_in.contiguous(), lam = lam_in.contiguous();
+  const int64_t* pp = perm.data_ptr<int64_t>();
+  for (int64_t i = 0; i < B; ++i)
+    TORCH_CHECK(pp[i] >= 0 && pp[i] < B, "medmix::adm_mix: perm[", i, "] = ", pp[i], " is outside [0, ", B, ")");
+  const int64_t T = adm_chunks(H, W);
+  auto x_src = at::empty_like(x), x_ref = at::empty_like(x);
+  auto count = at::empty({B, T}, x.options().dtype(at::kInt));
+  const float* pm = minmax.data_ptr<float>();
+  const float* pl = lam.data_ptr<float>();
+  int32_t* pc = count.data_ptr<int32_t>();
+  const Strides4 sx = strides_of(x), sh = strides_of(x_hat), ss = strides_of(x_src), sr = strides_of(x_ref);
+  AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_mix", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* ph = x_hat.data_ptr<scalar_t>();
+    scalar_t* ps = x_src.data_ptr<scalar_t>();
+    scalar_t* pr = x_ref.data_ptr<scalar_t>();
+    at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bi = task / T, k0 = (task % T) * kAdmChunk, k1 = std::min(k0 + kAdmChunk, H * W);
+        const int64_t pj = pp[bi];
+        float lo, range;
+        sample_range(pm, T, bi, &lo, &range);
+        int32_t n = 0;
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t y = k / W, xx = k % W;
+          const bool on = range > 0.f &&
+                          adm_score(px + sx.at(bi, y, xx), sx.c, ph + sh.at(bi, y, xx), sh.c, C, lo, range) >= pl[bi];
+          n += on;
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t own = px[sx.at(bi, y, xx) + c * sx.c];
+            const scalar_t other = px[sx.at(pj, y, xx) + c * sx.c];
+            ps[ss.at(bi, y, xx) + c * ss.c] = on ? own : other;  // K x + (1 - K) x[perm]
+            pr[sr.at(bi, y, xx) + c * sr.c] = on ? other : own;  // K x[perm] + (1 - K) x
+          }
+        }
+        pc[task] = n;
+      }
+    });
+  });
+  return {x_src, x_ref, count};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(medmix, CPU, m) {
+  m.impl("adm_minmax", &adm_minmax_cpu);
+  m.impl("adm_apply", &adm_apply_cpu);
+  m.impl("adm_histogram", &adm_histogram_cpu);
+  m.impl("adm_mix", &adm_mix_cpu);
+}
+
+}  // namespace medmix

@@ -1,0 +1,148 @@
+"""adm_mask / adm_mix: VariMix's absolute difference map, its thresholds and bidirectional mix."""
+from __future__ import annotations
+
+import torch
+
+from .. import _backend
+from ..reference import adm as _ref
+from .._validation import IMAGE_DTYPES, check_image, check_perm, check_same, per_sample_values
+
+OP = "adm"
+MODES = ("lambda", "otsu", "quantile")
+
+
+def _check_pair(op: str, x, x_hat) -> None:
+    check_image(op, "x", x, IMAGE_DTYPES)
+    check_image(op, "x_hat", x_hat, IMAGE_DTYPES)
+    check_same(op, "x", x, "x_hat", x_hat)
+
+
+def adm_mask(x: torch.Tensor, x_hat: torch.Tensor, lam=0.5, mode: str = "lambda", *,
+             backend: str = "auto", validate: bool = True):
+    """Binary mask of where a translation changed the image (VariMix ADM thresholding).
+
+    ``D = |x_hat - x|``; per sample ``m, M`` = min, max of D over C*H*W;
+    ``A = mean_c((D - m) / (M - m))`` in [0, 1]; the mask is ``A >= threshold``. ``M == m``
+    (e.g. ``x_hat == x``) gives an empty mask, never NaN.
+
+    Args:
+        x, x_hat: ``Tensor[B, C, H, W]`` images and their translations (one dtype and shape).
+        lam: ``mode="lambda"``: the threshold, a float or per sample ``[B]`` in [0, 1];
+            ``mode="quantile"``: the fraction q in [0, 1] of pixels to keep (the top-q of A;
+            ties at the threshold are kept); ignored by ``mode="otsu"``.
+        mode: ``"lambda"``, ``"otsu"`` (per-sample Otsu threshold of A from a 256-bin
+            histogram over [0, 1], computed on device) or ``"quantile"``.
+        validate: check a CUDA ``lam`` tensor's values (one host sync); False skips it.
+
+    Returns:
+        ``(mask [B, 1, H, W] float32 in {0, 1}, area [B])``, area = mask fraction of H*W.
+    """
+    _check_pair("adm_mask", x, x_hat)
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"adm_mask: mode must be one of {MODES}, got {mode!r}")
+    B, _, H, W = x.shape
+    lam_t, _ = per_sample_values("adm_mask", "lam", 0.0 if mode == "otsu" else lam, B, x.device,
+                                 0.0, 1.0, validate=validate)
+    x, x_hat = x.detach(), x_hat.detach()
+    which = _backend.resolve(OP, backend, x.device)
+    if which == "reference":
+        return _ref.adm_mask(x, x_hat, lam_t, mode)
+    ns = _backend.ops_namespace(which)
+    minmax = ns.adm_minmax(x, x_hat)
+    if mode == "lambda":
+        thr = lam_t
+    elif mode == "otsu":
+        thr = _ref.otsu_from_histogram(ns.adm_histogram(x, x_hat, minmax))
+    else:
+        score, _ = ns.adm_apply(x, x_hat, minmax, lam_t, True)
+        thr = _ref.quantile_threshold(score, lam_t)
+    mask, count = ns.adm_apply(x, x_hat, minmax, thr.float().contiguous(), False)
+    return mask, count.sum(dim=1).float() / (H * W)
+
+
+def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
+            backend: str = "auto", validate: bool = True):
+    """VariMix bidirectional mixing through the ADM mask, fused (two kernels, no host sync).
+
+    ``K = adm_mask(x, x_hat, lam)``; ``x_src' = K x + (1 - K) x[perm]``,
+    ``x_ref' = K x[perm] + (1 - K) x``, ``lam' = 1 - sum(K) / (H W)`` per sample. ``x[perm]`` is
+    gathered inside the kernel. Same results as the public VariMix ``variety_mix`` for the same
+    x, x_hat, perm and lam, but per-sample lam' is kept (that code averages it away downstream).
+
+    Args:
+        x: images ``Tensor[B, C, H, W]``; x_hat: ``x`` translated toward the partners' style.
+        perm: partner index per sample, integer ``[B]`` in [0, B).
+        lam: threshold, a float or per sample ``[B]`` in [0, 1].
+        validate: check CUDA ``perm`` / ``lam`` values (one host sync each); False skips it
+            (the kernels clamp indices, so memory stays safe).
+
+    Returns:
+        ``(x_src', x_ref', lam')``: two ``Tensor[B, C, H, W]`` like ``x`` and float32 ``[B]``.
+        Mask pixels are copied bit for bit. Not differentiable (inputs are detached).
+    """
+    _check_pair("adm_mix", x, x_hat)
+    B, _, H, W = x.shape
+    perm_t = check_perm("adm_mix", perm, B, x.device, validate=validate)
+    lam_t, _ = per_sample_values("adm_mix", "lam", lam, B, x.device, 0.0, 1.0, validate=validate)
+    x, x_hat = x.detach(), x_hat.detach()
+    which = _backend.resolve(OP, backend, x.device)
+    if which == "reference":
+        return _ref.adm_mix(x, x_hat, perm_t, lam_t)
+    ns = _backend.ops_namespace(which)
+    minmax = ns.adm_minmax(x, x_hat)
+    x_src, x_ref, count = ns.adm_mix(x, x_hat, perm_t, minmax, lam_t)
+    return x_src, x_ref, 1.0 - count.sum(dim=1).float() / (H * W)
+
+
+# ---- torch.library registration: Triton ops and fake kernels -----------------------------------
+
+CHUNK = 4096  # pixels per partial result (kAdmChunk in csrc/common/adm.h)
+BINS = 256
+
+
+def _chunks(x):
+    return -(-(x.shape[2] * x.shape[3]) // CHUNK)
+
+
+@torch.library.custom_op("medmix_triton::adm_minmax", mutates_args=())
+def _adm_minmax_triton(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    from ..triton import adm as tk
+
+    return tk.adm_minmax(x, x_hat)
+
+
+@torch.library.custom_op("medmix_triton::adm_apply", mutates_args=())
+def _adm_apply_triton(x: torch.Tensor, x_hat: torch.Tensor, minmax: torch.Tensor, thr: torch.Tensor,
+                      emit_score: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..triton import adm as tk
+
+    return tk.adm_apply(x, x_hat, minmax, thr, emit_score)
+
+
+@torch.library.custom_op("medmix_triton::adm_histogram", mutates_args=())
+def _adm_histogram_triton(x: torch.Tensor, x_hat: torch.Tensor, minmax: torch.Tensor) -> torch.Tensor:
+    from ..triton import adm as tk
+
+    return tk.adm_histogram(x, x_hat, minmax)
+
+
+@torch.library.custom_op("medmix_triton::adm_mix", mutates_args=())
+def _adm_mix_triton(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, minmax: torch.Tensor,
+                    lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ..triton import adm as tk
+
+    return tk.adm_mix(x, x_hat, perm, minmax, lam)
+
+
+_backend.register_fake_both(
+    "adm_minmax", lambda x, x_hat: x.new_empty((x.shape[0], _chunks(x), 2), dtype=torch.float32))
+_backend.register_fake_both(
+    "adm_apply", lambda x, x_hat, minmax, thr, emit_score: (
+        x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]), dtype=torch.float32),
+        x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32)))
+_backend.register_fake_both(
+    "adm_histogram", lambda x, x_hat, minmax: x.new_empty((x.shape[0], BINS), dtype=torch.int32))
+_backend.register_fake_both(
+    "adm_mix", lambda x, x_hat, perm, minmax, lam: (
+        torch.empty_like(x), torch.empty_like(x),
+        x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32)))

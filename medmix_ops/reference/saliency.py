@@ -1,0 +1,166 @@
+"""Reference saliency maps (DESIGN.md op 1). Each returns float32 [B, 1, H, W] in [0, 1],
+min-max normalised per sample; a constant input (or an all-zero map) gives all zeros.
+
+Semantics shared with the kernels:
+- grey: 0.299 R + 0.587 G + 0.114 B for 3 channels (RGB order), the channel mean otherwise;
+- resize: bilinear, half-pixel centres, no antialiasing (F.interpolate, align_corners=False),
+  which is OpenCV's INTER_LINEAR;
+- blur border: reflect without repeating the edge pixel (OpenCV's BORDER_DEFAULT), periodic
+  beyond one reflection;
+- uint8 images: the grey map and the working map (64 x 64 grid / smoothed intensity) are
+  rounded half to even, as OpenCV's 8-bit intermediates are (it lifts the Pearson correlation
+  on low-contrast images from ~0.98 to > 0.999).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .gaussian_blend import reflect_index
+
+SPECTRAL_SIZE = 64                               # OpenCV's resImWidth / resImHeight
+SPECTRAL_BLUR = (5, 8.0)                         # GaussianBlur(ksize=5, sigma=8) of the magnitude
+FINE_GRAINED_SCALES = (12, 24, 48, 28, 56, 112)  # OpenCV's neighborhoods: 3*4*{1,2,4}, 7*4*{1,2,4}
+FINE_GRAINED_SMOOTH = (1.0, 4.0, 6.0, 4.0, 1.0)  # two 3x3 [1, 2, 1]/4 blurs, as one 5-tap kernel
+LOG_FLOOR = 1e-30                                # log-amplitude floor (log 0 = -inf otherwise)
+GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def gaussian_taps_ksize(ksize: int, sigma: float) -> torch.Tensor:
+    """OpenCV getGaussianKernel(ksize, sigma): exp(-t^2 / 2 sigma^2) over ksize taps, sum 1."""
+    t = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
+    w = torch.exp(-t * t / (2 * sigma * sigma))
+    return (w / w.sum()).float()
+
+
+def gaussian_taps_sigma(sigma: float) -> torch.Tensor:
+    """Radius ceil(3 sigma) taps of exp(-t^2 / 2 sigma^2), sum 1 (sigma 0: the identity)."""
+    if sigma <= 0:
+        return torch.ones(1)
+    r = math.ceil(3.0 * sigma)
+    return gaussian_taps_ksize(2 * r + 1, sigma)
+
+
+def smooth_taps() -> torch.Tensor:
+    t = torch.tensor(FINE_GRAINED_SMOOTH, dtype=torch.float64)
+    return (t / t.sum()).float()
+
+
+def grey_weights(channels: int) -> torch.Tensor:
+    if channels == 3:
+        return torch.tensor(GREY_WEIGHTS, dtype=torch.float32)
+    return torch.full((channels,), 1.0 / channels, dtype=torch.float32)
+
+
+def separable_filter(m: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """[B, h, w] filtered by taps [T] (odd T) along both axes, reflect border."""
+    T = taps.numel()
+    if T == 1:
+        return m * taps.to(m)[0]
+    r = T // 2
+    B, h, w = m.shape
+    taps = taps.to(m)
+    rows = reflect_index(torch.arange(-r, h + r, device=m.device), h)
+    cols = reflect_index(torch.arange(-r, w + r, device=m.device), w)
+    m = (m[:, :, cols].unfold(2, T, 1) * taps).sum(-1)
+    return (m[:, rows, :].unfold(1, T, 1) * taps).sum(-1)
+
+
+def resize_bilinear(m: torch.Tensor, size) -> torch.Tensor:
+    """[B, h, w] -> [B, H, W], OpenCV INTER_LINEAR semantics (no antialias)."""
+    if tuple(m.shape[-2:]) == tuple(size):
+        return m
+    return F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False,
+                         antialias=False)[:, 0]
+
+
+def is_flat(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """A map whose range is at most 1e-5 of its magnitude is flat: float32 rounding, not
+    content, would decide its normalised values, so it normalises to zeros."""
+    return ~(hi - lo > 1e-5 * torch.maximum(lo.abs(), hi.abs()))
+
+
+def normalize_min_max(m: torch.Tensor) -> torch.Tensor:
+    """Per-sample (m - min) / (max - min) over [B, H, W]; a flat sample -> zeros."""
+    lo = m.amin(dim=(1, 2), keepdim=True)
+    hi = m.amax(dim=(1, 2), keepdim=True)
+    flat = is_flat(lo, hi)
+    return torch.where(flat, torch.zeros_like(m), (m - lo) / torch.where(flat, 1, hi - lo))
+
+
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] any dtype -> float32 [B, H, W] (the image's own value range)."""
+    w = grey_weights(x.shape[1]).to(x.device)
+    return torch.einsum("bchw,c->bhw", x.float(), w)
+
+
+def spectral_residual(x: torch.Tensor) -> torch.Tensor:
+    """Hou & Zhang 2007 as OpenCV-contrib's StaticSaliencySpectralResidual."""
+    B, _, H, W = x.shape
+    q = x.dtype == torch.uint8
+    g = _round_if(to_grey(x), q)
+    constant = is_flat(g.amin(dim=(1, 2)), g.amax(dim=(1, 2)))
+    small = _round_if(resize_bilinear(g, (SPECTRAL_SIZE, SPECTRAL_SIZE)), q)
+    spec = torch.fft.fft2(small)
+    amp = spec.abs()
+    log_amp = torch.log(amp.clamp_min(LOG_FLOOR))
+    residual = log_amp - separable_filter(log_amp, torch.full((3,), 1.0 / 3.0))
+    phase = torch.where(amp > 0, spec / torch.where(amp > 0, amp, 1), torch.ones_like(spec))
+    mag = torch.fft.ifft2(torch.exp(residual) * phase).abs()
+    mag = separable_filter(mag, gaussian_taps_ksize(*SPECTRAL_BLUR)) ** 2
+    out = normalize_min_max(resize_bilinear(mag, (H, W)))
+    return torch.where(constant[:, None, None], torch.zeros_like(out), out)[:, None]
+
+
+def _round_if(m: torch.Tensor, quantize: bool) -> torch.Tensor:
+    return torch.round(m) if quantize else m
+
+
+def integral_image(g: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] -> float64 [B, H + 1, W + 1] with S[y, x] = sum of g[:y, :x]."""
+    return F.pad(g.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
+
+
+def fine_grained(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
+    """Montabone & Soto 2010 as OpenCV-contrib's StaticSaliencyFineGrained, without its 8-bit
+    truncations: per scale n the surround mean over the 2n x 2n window (rows y-n+1 .. y+n,
+    clipped to the image) without the centre pixel; on = max(c - mean, 0), off = max(mean - c, 0)
+    summed over scales; intensity = on / max(on) + off / max(off); min-max normalised."""
+    B, _, H, W = x.shape
+    q = x.dtype == torch.uint8
+    g = _round_if(separable_filter(_round_if(to_grey(x), q), smooth_taps()), q)
+    S = integral_image(g)
+    ys = torch.arange(H, device=x.device)[:, None]
+    xs = torch.arange(W, device=x.device)[None, :]
+    c = g.double()
+    on = torch.zeros_like(c)
+    off = torch.zeros_like(c)
+    for n in scales:
+        y1, y2 = (ys - n + 1).clamp(0, H), (ys + n + 1).clamp(0, H)
+        x1, x2 = (xs - n + 1).clamp(0, W), (xs + n + 1).clamp(0, W)
+        box = S[:, y2, x2] + S[:, y1, x1] - S[:, y2, x1] - S[:, y1, x2]
+        surround = ((x2 - x1) * (y2 - y1) - 1).double()
+        mean = torch.where(surround > 0, (box - c) / surround.clamp_min(1), c)
+        on += (c - mean).clamp_min(0)
+        off += (mean - c).clamp_min(0)
+    on_max = on.amax(dim=(1, 2), keepdim=True)
+    off_max = off.amax(dim=(1, 2), keepdim=True)
+    intensity = (torch.where(on_max > 0, on / torch.where(on_max > 0, on_max, 1), 0)
+                 + torch.where(off_max > 0, off / torch.where(off_max > 0, off_max, 1), 0))
+    return normalize_min_max(intensity.float())[:, None]
+
+
+def gradient(grad: torch.Tensor, reduce: str = "max", sigma: float = 3.0) -> torch.Tensor:
+    """|grad| reduced over channels (max or sum), Gaussian smoothed, min-max normalised."""
+    a = grad.float().abs()
+    m = a.amax(dim=1) if reduce == "max" else a.sum(dim=1)
+    return normalize_min_max(separable_filter(m, gaussian_taps_sigma(sigma)))[:, None]
+
+
+def gradcam(acts: torch.Tensor, grads: torch.Tensor, size) -> torch.Tensor:
+    """Grad-CAM: w_k = spatial mean of grads_k; cam = relu(sum_k w_k A_k); bilinear to size."""
+    w = grads.float().mean(dim=(2, 3))
+    cam = torch.relu(torch.einsum("bkhw,bk->bhw", acts.float(), w))
+    return normalize_min_max(resize_bilinear(cam, size))[:, None]
