@@ -65,7 +65,8 @@ def per_sample_values(op: str, name: str, value, batch: int, device, lo: float, 
     """A float, a sequence of `batch` numbers or a 0-D / [batch] floating tensor -> (float32
     [batch] tensor on device, the largest value as a host float). Values must be finite and in
     [lo, hi]. Floats, sequences and CPU tensors are checked for free; a CUDA tensor costs one
-    host sync, skipped with validate=False (its largest value is then reported as hi)."""
+    host sync, skipped with validate=False (its largest value is then reported as hi), and
+    skipped inside torch.compile."""
     import math
 
     if isinstance(value, bool):
@@ -93,7 +94,8 @@ def per_sample_values(op: str, name: str, value, batch: int, device, lo: float, 
             raise ValueError(f"{op}: {name} tensor must have shape [B] = [{batch}] (or be 0-D), "
                              f"got {list(value.shape)}")
         v32 = value.detach().to(device=device, dtype=torch.float32).contiguous()
-        if not validate and value.device.type != "cpu":
+        # Inside torch.compile the values are not known at trace time: no host check there.
+        if torch.compiler.is_compiling() or (not validate and value.device.type != "cpu"):
             return v32, hi
         host = value.detach().to(dtype=torch.float64).cpu()  # one sync for a GPU tensor
         bad = ~torch.isfinite(host) | (host < lo) | (host > hi)
@@ -122,7 +124,8 @@ def check_perm(op: str, perm, batch: int, device, *, validate: bool = True) -> t
         raise TypeError(f"{op}: perm must be an integer tensor, got {perm.dtype}")
     if perm.dim() != 1 or perm.shape[0] != batch:
         raise ValueError(f"{op}: perm must have shape [B] = [{batch}], got {list(perm.shape)}")
-    if validate or perm.device.type == "cpu":
+    # Inside torch.compile the values are unknown at trace time; the kernels clamp indices.
+    if not torch.compiler.is_compiling() and (validate or perm.device.type == "cpu"):
         host = perm.detach().cpu()
         bad = (host < 0) | (host >= batch)
         if bool(bad.any()):

@@ -1,0 +1,274 @@
+"""adm_mask / adm_mix: every backend against independent NumPy definitions, parity with the
+public VariMix per-sample loop, Otsu and quantile thresholds, torch.library integration,
+determinism and bad input."""
+import numpy as np
+import pytest
+import torch
+
+from medmix_ops import adm_mask, adm_mix
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8]
+
+
+def pair(shape, dtype, device, seed=0, channels_last=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g)
+    x_hat = (x + 0.3 * torch.randn(shape, generator=g)).clamp(0, 1)
+    if dtype == torch.uint8:
+        x, x_hat = (x * 255).round().to(torch.uint8), (x_hat * 255).round().to(torch.uint8)
+    else:
+        x, x_hat = x.to(dtype), x_hat.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        x_hat = x_hat.contiguous(memory_format=torch.channels_last)
+    return x.to(device), x_hat.to(device)
+
+
+def numpy_score(x, x_hat):
+    """A per sample in float64 from the definition; None where D is flat."""
+    d = np.abs(x_hat.double().cpu().numpy() - x.double().cpu().numpy())
+    out = []
+    for b in range(d.shape[0]):
+        lo, hi = d[b].min(), d[b].max()
+        out.append(None if not (hi - lo > 1e-5 * hi) else ((d[b] - lo) / (hi - lo)).mean(axis=0))
+    return out
+
+
+def assert_mask_matches(mask, score, thr, what, eps=1e-5):
+    """mask == (A >= thr) except for pixels within eps of the threshold (float32 vs float64)."""
+    m = mask.cpu().numpy()[:, 0]
+    for b, a in enumerate(score):
+        if a is None:
+            assert not m[b].any(), f"{what}: flat sample {b} must give an empty mask"
+            continue
+        want = a >= thr[b]
+        decided = np.abs(a - thr[b]) > eps
+        assert np.array_equal(m[b][decided], want[decided]), f"{what}: sample {b} differs"
+
+
+# ---- adm_mask -----------------------------------------------------------------------------------
+
+SHAPES = [(2, 3, 37, 53), (1, 1, 1, 1), (3, 2, 5, 4), (1, 3, 70, 70)]  # 70x70 spans two chunks
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_lambda_mask_matches_definition(device_backend, shape, dtype, channels_last):
+    device, backend = device_backend
+    x, x_hat = pair(shape, dtype, device, channels_last=channels_last)
+    lam = [0.1 + 0.3 * i for i in range(shape[0])]
+    mask, area = adm_mask(x, x_hat, lam, backend=backend)
+    assert mask.shape == (shape[0], 1, *shape[2:]) and mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert_mask_matches(mask, numpy_score(x, x_hat), lam, "lambda")
+    assert torch.allclose(area, mask.mean(dim=(1, 2, 3)))
+
+
+def numpy_otsu(a, bins=256):
+    """Otsu on a [0, 1] map: loop over the 255 splits of a `bins`-bin histogram."""
+    hist = np.bincount(np.minimum((np.clip(a, 0, 1) * bins).astype(np.int64), bins - 1).ravel(),
+                       minlength=bins).astype(np.float64)
+    centers = (np.arange(bins) + 0.5) / bins
+    best, best_t = -1.0, None
+    for t in range(bins):
+        w0, w1 = hist[:t + 1].sum(), hist[t + 1:].sum()
+        if w0 == 0 or w1 == 0:
+            continue
+        mu0 = (hist[:t + 1] * centers[:t + 1]).sum() / w0
+        mu1 = (hist[t + 1:] * centers[t + 1:]).sum() / w1
+        v = w0 * w1 * (mu0 - mu1) ** 2
+        if v > best:
+            best, best_t = v, t
+    return 2.0 if best_t is None else (best_t + 1) / bins
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8], ids=["float32", "uint8"])
+def test_otsu_mask_matches_numpy_otsu(device_backend, dtype):
+    device, backend = device_backend
+    x, x_hat = pair((3, 3, 40, 45), dtype, device, seed=1)
+    mask, area = adm_mask(x, x_hat, mode="otsu", backend=backend)
+    score = numpy_score(x, x_hat)
+    thr = [numpy_otsu(a) for a in score]
+    # bin edges are decided in float32 by the kernels: pixels near a bin edge may bin either way
+    assert_mask_matches(mask, score, thr, "otsu", eps=1e-4)
+    assert ((area > 0) & (area < 1)).all()
+
+
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 1.0])
+def test_quantile_mask_keeps_the_top_fraction(device_backend, q):
+    device, backend = device_backend
+    x, x_hat = pair((2, 3, 30, 33), torch.float32, device, seed=2)
+    mask, area = adm_mask(x, x_hat, q, mode="quantile", backend=backend)
+    n = 30 * 33
+    k = round(q * n)
+    for b, a in enumerate(numpy_score(x, x_hat)):
+        m = mask[b, 0].cpu().numpy().astype(bool)
+        assert m.sum() >= k and m.sum() <= k + 2  # ties at the threshold are kept
+        if 0 < k < n:
+            assert a[m].min() >= a[~m].max() - 1e-6  # the kept pixels are the top ones
+
+
+def test_identical_images_give_empty_masks(device_backend):
+    device, backend = device_backend
+    x, _ = pair((2, 3, 16, 16), torch.float32, device)
+    for mode in ("lambda", "otsu", "quantile"):
+        mask, area = adm_mask(x, x.clone(), 0.0 if mode != "quantile" else 0.5, mode, backend=backend)
+        assert torch.isfinite(mask).all() and (mask == 0).all() and (area == 0).all()
+    # x_hat = x + c: D is constant up to rounding, which must not decide the mask
+    mask, _ = adm_mask(x, x + 0.1, 0.0, backend=backend)
+    assert (mask == 0).all()
+
+
+# ---- adm_mix and the public VariMix loop ----------------------------------------------------------
+
+def varimix_loop(images, x_fake, ref_index, lam):
+    """The public VariMix `variety_mix` after the generator call, rewritten: per sample, min-max
+    normalise |x_fake - x_src|, average over channels, threshold at one lam; fuse both ways;
+    lam_i = 1 - mask area."""
+    x_src, x_ref = images, images[ref_index]
+    masks = []
+    for i in range(images.shape[0]):
+        d = torch.abs(x_fake[i] - x_src[i])
+        d = (d - d.min()) / (d.max() - d.min())
+        d = d.mean(dim=0, keepdim=True)
+        masks.append((d >= lam).float())
+    k = torch.stack(masks)
+    src = x_src * k + x_ref * (1.0 - k)
+    ref = x_ref * k + x_src * (1.0 - k)
+    lams = torch.tensor([1 - k[i].sum().item() / (images.shape[-1] * images.shape[-2])
+                         for i in range(images.shape[0])])
+    return src, ref, lams
+
+
+def test_adm_mix_matches_the_public_varimix_loop(device_backend):
+    device, backend = device_backend
+    x, x_hat = pair((6, 3, 48, 40), torch.float32, device, seed=3)
+    perm = torch.tensor([3, 0, 5, 1, 2, 4])
+    lam = 0.35
+    src, ref, lams = adm_mix(x, x_hat, perm.to(device), lam, backend=backend)
+    w_src, w_ref, w_lams = varimix_loop(x.cpu(), x_hat.cpu(), perm, lam)
+    score = numpy_score(x, x_hat)
+    ambiguous = sum(int((np.abs(a - lam) <= 1e-6).sum()) for a in score)
+    assert ambiguous == 0, "choose another seed: a pixel sits on the threshold"
+    assert torch.equal(src.cpu(), w_src) and torch.equal(ref.cpu(), w_ref)
+    assert torch.allclose(lams.cpu(), w_lams)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_adm_mix_definition(device_backend, shape, dtype, channels_last):
+    device, backend = device_backend
+    x, x_hat = pair(shape, dtype, device, seed=4, channels_last=channels_last)
+    B = shape[0]
+    perm = torch.arange(B - 1, -1, -1)
+    lam = torch.linspace(0.2, 0.6, B)
+    src, ref, lams = adm_mix(x, x_hat, perm.to(device), lam, backend=backend)
+    assert src.dtype == dtype and src.shape == x.shape and lams.shape == (B,)
+    mask, area = adm_mask(x, x_hat, lam, backend=backend)
+    k = mask.bool().expand_as(x)
+    other = x[perm.to(device)]
+    assert torch.equal(src, torch.where(k, x, other))  # mask pixels copied bit for bit
+    assert torch.equal(ref, torch.where(k, other, x))
+    assert torch.allclose(lams, 1 - area)
+    assert_mask_matches(mask, numpy_score(x, x_hat), lam.tolist(), "adm_mix mask")
+
+
+def test_sliced_inputs(device_backend):
+    device, backend = device_backend
+    big, big_hat = pair((4, 4, 30, 40), torch.float32, device)
+    x, x_hat = big[::2, 1:], big_hat[::2, 1:]
+    perm = torch.tensor([1, 0], device=device)
+    got = adm_mix(x, x_hat, perm, 0.3, backend=backend)
+    want = adm_mix(x.contiguous(), x_hat.contiguous(), perm, 0.3, backend="reference")
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w)
+
+
+def test_cpu_is_deterministic():
+    x, x_hat = pair((4, 3, 90, 90), torch.float32, "cpu")
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(0))
+    a = adm_mix(x, x_hat, perm, 0.4, backend="cpu")
+    b = adm_mix(x, x_hat, perm, 0.4, backend="cpu")
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+# ---- torch.library integration ----------------------------------------------------------------------
+
+def test_opcheck(kernel_backend):
+    device, backend = kernel_backend
+    ns = torch.ops.medmix_triton if backend == "triton" else torch.ops.medmix
+    x, x_hat = pair((2, 3, 9, 11), torch.float32, device)
+    torch.library.opcheck(ns.adm_minmax.default, (x, x_hat))
+    mm = ns.adm_minmax(x, x_hat)
+    thr = torch.tensor([0.2, 0.5], device=device)
+    torch.library.opcheck(ns.adm_apply.default, (x, x_hat, mm, thr, False))
+    torch.library.opcheck(ns.adm_apply.default, (x, x_hat, mm, thr, True))
+    torch.library.opcheck(ns.adm_histogram.default, (x, x_hat, mm))
+    perm = torch.tensor([1, 0], device=device)
+    torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, mm, thr))
+
+
+def test_torch_compile_fullgraph(device_backend):
+    device, backend = device_backend
+    x, x_hat = pair((2, 3, 16, 20), torch.float32, device)
+    perm = torch.tensor([1, 0], device=device)
+    torch._dynamo.reset()
+
+    def f(a, b):
+        src, ref, lams = adm_mix(a, b, perm, 0.3, backend=backend, validate=False)
+        mask, area = adm_mask(a, b, 0.3, backend=backend)
+        return src + ref, lams, mask, area
+
+    got, want = torch.compile(f, fullgraph=True)(x, x_hat), f(x, x_hat)
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w)
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+
+def _args():
+    return dict(x=torch.rand(2, 3, 8, 8), x_hat=torch.rand(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("kwargs,exc,message", [
+    (dict(mode="mean"), ValueError, "mode must be one of"),
+    (dict(lam=1.5), ValueError, "lam must be finite and in [0.0, 1.0], got 1.5"),
+    (dict(lam=-0.1), ValueError, "lam must be finite and in"),
+    (dict(lam=[0.5]), ValueError, "lam must have one value per sample (2), got 1"),
+    (dict(lam=torch.tensor([0.2, float("nan")])), ValueError, "lam[1] = nan"),
+    (dict(lam=torch.ones(3)), ValueError, "shape [B] = [2]"),
+    (dict(x_hat=torch.rand(2, 3, 8, 9)), ValueError, "x and x_hat must have one shape"),
+    (dict(x_hat=torch.rand(2, 3, 8, 8).double()), TypeError, "x and x_hat must have one dtype"),
+    (dict(x=torch.rand(3, 8, 8), x_hat=torch.rand(3, 8, 8)), ValueError, "x must be 4-D"),
+    (dict(x=torch.ones(2, 3, 8, 8, dtype=torch.int32), x_hat=torch.ones(2, 3, 8, 8, dtype=torch.int32)),
+     TypeError, "x must have dtype in"),
+])
+def test_adm_mask_bad_input(kwargs, exc, message):
+    args = _args()
+    args.update(kwargs)
+    with pytest.raises(exc, match=__import__("re").escape(message)):
+        adm_mask(**args)
+
+
+@pytest.mark.parametrize("kwargs,exc,message", [
+    (dict(perm=torch.tensor([0, 1, 2])), ValueError, "perm must have shape [B] = [2], got [3]"),
+    (dict(perm=torch.tensor([0.0, 1.0])), TypeError, "perm must be an integer tensor"),
+    (dict(perm=[1, 0]), TypeError, "perm must be a torch.Tensor"),
+    (dict(perm=torch.tensor([0, 2])), ValueError, "perm values must be in [0, 2), got perm[1] = 2"),
+    (dict(perm=torch.tensor([-1, 0])), ValueError, "got perm[0] = -1"),
+    (dict(lam="0.5"), TypeError, "lam must be a float"),
+])
+def test_adm_mix_bad_input(kwargs, exc, message):
+    args = dict(_args(), perm=torch.tensor([1, 0]), lam=0.5)
+    args.update(kwargs)
+    with pytest.raises(exc, match=__import__("re").escape(message)):
+        adm_mix(**args)
+
+
+def test_raw_op_refuses_out_of_range_perm():
+    x = torch.rand(2, 1, 4, 4)
+    mm = torch.ops.medmix.adm_minmax(x, x)
+    with pytest.raises(RuntimeError, match="outside"):
+        torch.ops.medmix.adm_mix(x, x, torch.tensor([0, 5]), mm, torch.zeros(2))
