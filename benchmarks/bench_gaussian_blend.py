@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from medmix_ops import _backend, gaussian_blend
+from medmix_ops import gaussian_blend
 from medmix_ops import reference
 
+from _common import DEVICES, kernel_backends, run_benchmark
+
 SIGMA = 4.0
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 
 
 def inputs(device):
@@ -24,18 +24,6 @@ def inputs(device):
     mask = torch.zeros(B, 1, 224, 224)
     mask[:, :, 56:168, 40:150] = 1.0
     return a.to(device), b.to(device), mask.to(device)
-
-
-def synced(fn, device):
-    if device != "cuda":
-        return fn
-
-    def run():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    return run
 
 
 def composite_blend(a, b, mask, sigma=SIGMA):
@@ -55,9 +43,8 @@ def providers(device):
         "composite_eager": composite_blend,
         "reference_eager": lambda a, b, m: gaussian_blend(a, b, m, SIGMA, backend="reference"),
     }
-    for k in _backend.available_backends("gaussian_blend", device):
-        if k != "reference" and not (k == "triton" and device == "cpu"):
-            out[f"medmix_{k}"] = (lambda k: lambda a, b, m: gaussian_blend(a, b, m, SIGMA, backend=k))(k)
+    for k in kernel_backends("gaussian_blend", device):
+        out[f"medmix_{k}"] = (lambda k: lambda a, b, m: gaussian_blend(a, b, m, SIGMA, backend=k))(k)
     return out
 
 
@@ -89,11 +76,7 @@ def test_gaussian_blend(benchmark, device, provider):
         fn = table[provider]
     else:
         pytest.skip(f"{provider} does not run on {device} here")
-    run = synced(lambda: fn(a, b, mask), device)
-    run()  # warm-up / compile
-    benchmark.extra_info.update(device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
-                                images=a.shape[0])
-    benchmark.pedantic(run, rounds=10 if device == "cpu" else 50, warmup_rounds=1)
+    run_benchmark(benchmark, lambda: fn(a, b, mask), device, a.shape[0])
 
 
 def test_providers_agree():

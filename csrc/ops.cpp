@@ -23,7 +23,7 @@ TORCH_LIBRARY(medmix, m) {
   // magnitude, gives 0); samples with gate[b] false (when gate is non-empty) are all zeros.
   // quantize rounds (half to even) the source values and, without normalize, the output:
   // OpenCV's 8-bit intermediates for uint8 images. Returns float32 out [B, 1, out_h, out_w] and
-  // bool flat [B]: whether the source values (before filtering) were flat.
+  // bool flat [B]: whether the map was flat before normalisation.
   m.def(
       "saliency_map(Tensor src, int src_mode, Tensor weights, Tensor taps, bool square, "
       "int out_h, int out_w, bool normalize, bool quantize, Tensor gate) "

@@ -1,8 +1,12 @@
 """`medmix demo`: the library's main job on generated data, in under a minute on a 2-core CPU.
 
-For now: Gaussian boundary blending of generated scan-like image pairs with every backend that
-runs here, a preview PNG (a | b | mask | soft alpha | blend) and a table of images/s per backend
-with each backend's largest difference from the PyTorch reference.
+1. Gaussian boundary blending of generated scan-like image pairs with every backend that runs
+   here: preview (a | b | mask | soft alpha | blend).
+2. The other fused ops on the same images: saliency maps (spectral residual, fine grained,
+   input gradient and Grad-CAM of a small hand-built blob-detector probe), VariMix's ADM, its
+   Otsu mask and the ADM mix: second preview.
+3. A table of images/s per op and backend, with each backend's largest difference from the
+   PyTorch reference.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
-from .ops import gaussian_blend
+from .ops import adm_mask, adm_mix, gaussian_blend, patch_ratio_pool, saliency, saliency_from_model
 from .viz import save_grid
 
 
@@ -48,6 +52,29 @@ def scan_like_pairs(n: int, size: int, seed: int = 0, device="cpu"):
     return a.to(device), b.to(device), masks.to(device)
 
 
+class BlobProbe(torch.nn.Module):
+    """A hand-built 'classifier' that scores bright blobs (Laplacian-of-Gaussian filter, relu,
+    global pooling): gradient and Grad-CAM saliency of it point at blobs without any training."""
+
+    def __init__(self, sigma: float = 3.0):
+        super().__init__()
+        r = math.ceil(3 * sigma)
+        t = torch.arange(-r, r + 1, dtype=torch.float32)
+        yy, xx = torch.meshgrid(t, t, indexing="ij")
+        q = (xx ** 2 + yy ** 2) / (2 * sigma ** 2)
+        log = -(1 - q) * torch.exp(-q)  # negative LoG: positive on bright blobs
+        self.features = torch.nn.Conv2d(3, 2, 2 * r + 1, padding=r, bias=False)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.stack([log - log.mean(), -(log - log.mean())])[:, None]
+                                       .expand(2, 3, 2 * r + 1, 2 * r + 1) / 3)
+        self.head = torch.nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(2))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.features(x)).mean(dim=(2, 3)))
+
+
 def _time(fn, budget_s: float, max_reps: int) -> list[float]:
     fn()  # warm-up (compilation, caches)
     times = []
@@ -63,44 +90,95 @@ def _time(fn, budget_s: float, max_reps: int) -> list[float]:
     return times
 
 
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _bench(rows, op, label, device, batch, run, budget_s):
+    """Times run(backend, n) for every backend of op; compares each with the reference."""
+    key = op.split(":")[0]
+    for backend in _backend.available_backends(key, device):
+        interpreted = backend == "triton" and device == "cpu"
+        # The Triton interpreter runs Python per program: a small batch, not a speed figure.
+        n = min(batch, 2) if interpreted else batch
+        times = _time(lambda: run(backend, n), budget_s, 1 if interpreted else 50)
+        # against the reference on the same n samples (partners depend on the batch)
+        diff = (_first(run(backend, n)).float() - _first(run("reference", n)).float()).abs().max().item()
+        med = statistics.median(times)
+        rows.append(dict(op=label, device=device,
+                         backend=backend + (" (interpreter)" if interpreted else ""),
+                         batch=n, median_ms=med * 1e3, images_per_s=n / med, max_abs_diff=diff))
+
+
 def run_demo(out_dir: str = "demo_out", batch: int = 32, size: int = 128, sigma: float = 4.0,
              seed: int = 0, quick: bool = False) -> dict:
-    """Runs the demo; returns {"rows": [...], "preview": path}. Prints the table."""
+    """Runs the demo; returns {"rows": [...], "previews": [paths]}. Prints the table."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    budget = 0.2 if quick else 0.6
     rows = []
-    preview = None
+    previews = []
     for device in devices:
         a, b, mask = scan_like_pairs(batch, size, seed, device)
-        ref_out = gaussian_blend(a, b, mask, sigma, backend="reference")[0]
-        for backend in _backend.available_backends("gaussian_blend", device):
-            interpreted = backend == "triton" and device == "cpu"
-            # The Triton interpreter runs Python per program: a small batch, not a speed figure.
-            n = min(batch, 2) if interpreted else batch
-            fn = lambda: gaussian_blend(a[:n], b[:n], mask[:n], sigma, backend=backend)  # noqa: E731
-            times = _time(fn, budget_s=0.2 if quick else 1.0, max_reps=1 if interpreted else 50)
-            diff = (fn()[0] - ref_out[:n]).abs().max().item()
-            med = statistics.median(times)
-            rows.append(dict(device=device, backend=backend + (" (interpreter)" if interpreted else ""),
-                             batch=n, median_ms=med * 1e3, images_per_s=n / med, max_abs_diff=diff))
-        if preview is None:
-            out, lam, alpha = gaussian_blend(a, b, mask, sigma, return_alpha=True)
-            k = min(4, batch)
-            grid = [[a[i], b[i], mask[i], alpha[i], out[i]] for i in range(k)]
-            preview = save_grid(grid, os.path.join(out_dir, "preview.png"),
-                                col_labels=["a", "b", "mask", f"alpha (sigma={sigma:g})", "blend"],
-                                row_labels=[f"lam={lam[i].item():.3f}" for i in range(k)])
-    _print_table(rows, batch, size, sigma)
-    print(f"\npreview: {preview}")
-    return {"rows": rows, "preview": preview}
+        # A stand-in translation for VariMix: b's content softly pasted into a where the mask
+        # is (a trained I2I generator's output would differ from a by its class evidence).
+        x_hat = gaussian_blend(b, a, mask, 3.0, backend="reference")[0]
+        perm = torch.roll(torch.arange(batch, device=device), 1)
+        s_a = saliency(a, "fine_grained", backend="reference")
+        s_b = s_a[perm]
+
+        _bench(rows, "gaussian_blend", f"gaussian_blend s={sigma:g}", device, batch,
+               lambda k, n: gaussian_blend(a[:n], b[:n], mask[:n], sigma, backend=k), budget)
+        for method in ("spectral_residual", "fine_grained"):
+            _bench(rows, "saliency", f"saliency {method}", device, batch,
+                   lambda k, n, m=method: saliency(a[:n], m, backend=k), budget)
+        _bench(rows, "patch_ratio_pool", "patch_ratio_pool p=16", device, batch,
+               lambda k, n: patch_ratio_pool(s_a[:n], s_b[:n], 16, expand=True, backend=k)[2], budget)
+        # Partners within the first n samples: every backend mixes the same pairs.
+        _bench(rows, "adm", "adm_mix", device, batch,
+               lambda k, n: adm_mix(a[:n], x_hat[:n], torch.roll(torch.arange(n, device=device), 1), 0.3,
+                                    backend=k), budget)
+
+        if device == "cpu":
+            previews += _previews(out_dir, a, b, mask, x_hat, perm, sigma)
+    _print_table(rows, batch, size)
+    print("\npreviews: " + ", ".join(previews))
+    return {"rows": rows, "previews": previews}
 
 
-def _print_table(rows, batch, size, sigma):
-    print(f"gaussian_blend: {batch} x 3 x {size} x {size} float32, sigma={sigma:g}, "
-          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")
-    head = f"{'device':<7}{'backend':<24}{'batch':>6}{'median ms':>12}{'images/s':>12}{'max |diff| vs ref':>20}"
+def _previews(out_dir, a, b, mask, x_hat, perm, sigma):
+    k = min(4, a.shape[0])
+    out, lam, alpha = gaussian_blend(a, b, mask, sigma, return_alpha=True)
+    blend = save_grid([[a[i], b[i], mask[i], alpha[i], out[i]] for i in range(k)],
+                      os.path.join(out_dir, "preview.png"),
+                      col_labels=["a", "b", "mask", f"alpha (sigma={sigma:g})", "blend"],
+                      row_labels=[f"lam={lam[i].item():.3f}" for i in range(k)])
+    x = a[:k]
+    probe = BlobProbe(sigma=x.shape[-1] / 20)  # the scale of the generated blobs
+    maps = {
+        "spectral res.": saliency(x, "spectral_residual"),
+        "fine grained": saliency(x, "fine_grained"),
+        "gradient": saliency_from_model(probe, x, 0, "gradient"),
+        "grad-cam": saliency_from_model(probe, x, 0, "gradcam", layer="features"),
+    }
+    score = (x_hat[:k] - x).abs().amax(dim=1, keepdim=True)
+    score = score / score.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    otsu, area = adm_mask(x, x_hat[:k], mode="otsu")
+    src, _, lam2 = adm_mix(a, x_hat, perm, 0.3)
+    rows = [[x[i], *[m[i] for m in maps.values()], score[i], otsu[i], src[i]] for i in range(k)]
+    ops = save_grid(rows, os.path.join(out_dir, "preview_ops.png"),
+                    col_labels=["image", *maps, "ADM |x^ - x|", "Otsu mask", "adm_mix"],
+                    row_labels=[f"otsu area={area[i].item():.2f}, mix lam'={lam2[i].item():.2f}"
+                                for i in range(k)])
+    return [blend, ops]
+
+
+def _print_table(rows, batch, size):
+    print(f"{batch} x 3 x {size} x {size} float32 batches, {torch.get_num_threads()} CPU threads, "
+          f"torch {torch.__version__}")
+    head = (f"{'op':<28}{'device':<7}{'backend':<23}{'batch':>6}{'median ms':>11}{'images/s':>11}"
+            f"{'max|diff| vs ref':>18}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        ips = f"{r['images_per_s']:,.0f}" if math.isfinite(r["images_per_s"]) else "-"
-        print(f"{r['device']:<7}{r['backend']:<24}{r['batch']:>6}{r['median_ms']:>12.2f}{ips:>12}"
-              f"{r['max_abs_diff']:>20.2e}")
+        print(f"{r['op']:<28}{r['device']:<7}{r['backend']:<23}{r['batch']:>6}{r['median_ms']:>11.2f}"
+              f"{r['images_per_s']:>11,.0f}{r['max_abs_diff']:>18.2e}")

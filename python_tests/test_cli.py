@@ -16,10 +16,13 @@ def test_demo_writes_preview_and_table(tmp_path, capsys):
     for backend in ("reference", "cpu", "triton"):
         assert f" {backend}" in printed
     assert "images/s" in printed
-    png = tmp_path / "preview.png"
-    assert png.exists()
-    with Image.open(png) as im:
+    for op in ("gaussian_blend", "saliency spectral_residual", "saliency fine_grained",
+               "patch_ratio_pool", "adm_mix"):
+        assert op in printed
+    with Image.open(tmp_path / "preview.png") as im:
         assert im.size[0] > 5 * 32 and im.size[1] > 4 * 32  # 5 columns x 4 rows of 32 px
+    with Image.open(tmp_path / "preview_ops.png") as im:
+        assert im.size[0] > 8 * 32 and im.size[1] > 4 * 32  # image, 4 saliency maps, ADM, Otsu, mix
 
 
 def test_demo_bad_argument_is_one_line_error(tmp_path, capsys):

@@ -56,6 +56,33 @@ MEDMIX_HOST_DEVICE inline void bilinear_coord(int64_t o, int64_t in_size, int64_
   *l1 = src - static_cast<float>(a);
 }
 
+// Bilinear sample of the source itself (no intermediate map) at output pixel (oy, ox): the
+// direct path, used when the output has at most a quarter of the source's pixels and no filter.
+// p0 points at sample b, channel 0; si / sj are the row / column strides; q rounds each tap.
+template <typename T>
+MEDMIX_HOST_DEVICE inline float bilinear_source(int64_t mode, const T* p0, int64_t si, int64_t sj,
+                                                int64_t sc, int64_t C, const float* w, bool q,
+                                                int64_t h, int64_t wd, int64_t oy, int64_t ox,
+                                                int64_t out_h, int64_t out_w) {
+  int64_t y0, y1, x0, x1;
+  float ly, lx;
+  bilinear_coord(oy, h, out_h, &y0, &y1, &ly);
+  bilinear_coord(ox, wd, out_w, &x0, &x1, &lx);
+  auto at = [&](int64_t y, int64_t x) {
+    const float v = saliency_source<T>(mode, p0 + y * si + x * sj, sc, C, w);
+    return q ? std::nearbyint(v) : v;
+  };
+  const float top = (1.f - lx) * at(y0, x0) + lx * at(y0, x1);
+  const float bot = (1.f - lx) * at(y1, x0) + lx * at(y1, x1);
+  return (1.f - ly) * top + ly * bot;
+}
+
+// Whether saliency_map samples the source directly rather than through a full-size map.
+MEDMIX_HOST_DEVICE inline bool saliency_direct(int64_t taps, int64_t h, int64_t w, int64_t out_h,
+                                               int64_t out_w) {
+  return taps == 1 && 4 * out_h * out_w <= h * w;
+}
+
 // Bilinear sample of a row-major h x w map at output pixel (oy, ox) of an out_h x out_w grid.
 MEDMIX_HOST_DEVICE inline float bilinear_sample(const float* m, int64_t h, int64_t w, int64_t oy,
                                                 int64_t ox, int64_t out_h, int64_t out_w) {
@@ -100,6 +127,16 @@ MEDMIX_HOST_DEVICE inline int64_t reflect1(int64_t i, int64_t n) {
   return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i);
 }
 
+// The residual spectrum value from a frequency's (re, im), its log amplitude la and the sum
+// `box` of the 9 log amplitudes around it: exp(la - box / 9) with the original phase.
+MEDMIX_HOST_DEVICE inline void spectral_residual_value(float re, float im, float la, float box,
+                                                       float* out_re, float* out_im) {
+  const float amp = std::sqrt(re * re + im * im);
+  const float mag = std::exp(la - box / 9.f);
+  *out_re = amp > 0.f ? mag * (re / amp) : mag;
+  *out_im = amp > 0.f ? mag * (im / amp) : 0.f;
+}
+
 MEDMIX_HOST_DEVICE inline void spectral_residual_at(const float* spec, int64_t h, int64_t w,
                                                     int64_t i, int64_t j, float* out_re,
                                                     float* out_im) {
@@ -108,11 +145,8 @@ MEDMIX_HOST_DEVICE inline void spectral_residual_at(const float* spec, int64_t h
     for (int64_t dj = -1; dj <= 1; ++dj)
       box += log_amplitude(spec, reflect1(i + di, h) * w + reflect1(j + dj, w));
   const int64_t k = i * w + j;
-  const float re = spec[2 * k], im = spec[2 * k + 1];
-  const float amp = std::sqrt(re * re + im * im);
-  const float mag = std::exp(log_amplitude(spec, k) - box / 9.f);
-  *out_re = amp > 0.f ? mag * (re / amp) : mag;
-  *out_im = amp > 0.f ? mag * (im / amp) : 0.f;
+  spectral_residual_value(spec[2 * k], spec[2 * k + 1], log_amplitude(spec, k), box, out_re,
+                          out_im);
 }
 
 // Fine-grained centre-surround contrast at (y, x) summed over scales: S is the float64

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <tuple>
+#include <vector>
 
 #include "../common/adm.h"
 #include "../common/adm_args.h"
@@ -31,6 +32,48 @@ void sample_range(const float* mm, int64_t T, int64_t bi, float* lo, float* rang
   *range = is_flat(l, h) ? 0.f : h - l;
 }
 
+// ---- fast path: every tensor has unit column stride and W row stride (NCHW planes), so the
+// pixels of a chunk are contiguous within each channel plane ----------------------------------
+
+bool planar(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3); }
+
+constexpr int kLanes = 8;  // independent accumulators: vectorisable without reassociation
+
+template <typename T>
+void chunk_minmax(const T* px, const T* ph, int64_t n, float* lo, float* hi) {
+  float l[kLanes], h[kLanes];
+  std::fill(l, l + kLanes, FLT_MAX);
+  std::fill(h, h + kLanes, -FLT_MAX);
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const float d = std::fabs(static_cast<float>(ph[k + j]) - static_cast<float>(px[k + j]));
+      l[j] = std::min(l[j], d);
+      h[j] = std::max(h[j], d);
+    }
+  for (; k < n; ++k) {
+    const float d = std::fabs(static_cast<float>(ph[k]) - static_cast<float>(px[k]));
+    l[0] = std::min(l[0], d);
+    h[0] = std::max(h[0], d);
+  }
+  for (int j = 0; j < kLanes; ++j) *lo = std::min(*lo, l[j]), *hi = std::max(*hi, h[j]);
+}
+
+// acc[k] = A at the chunk's pixels (channel planes px + c * sx, ph + c * sh), as adm_score.
+template <typename T>
+void chunk_score(const T* px, int64_t sx, const T* ph, int64_t sh, int64_t C, int64_t n,
+                 float lo, float range, float* acc) {
+  std::fill(acc, acc + n, 0.f);
+  for (int64_t c = 0; c < C; ++c) {
+    const T* x = px + c * sx;
+    const T* h = ph + c * sh;
+    for (int64_t k = 0; k < n; ++k)
+      acc[k] += (std::fabs(static_cast<float>(h[k]) - static_cast<float>(x[k])) - lo) / range;
+  }
+  const float inv = static_cast<float>(C);
+  for (int64_t k = 0; k < n; ++k) acc[k] /= inv;
+}
+
 at::Tensor adm_minmax_cpu(const at::Tensor& x, const at::Tensor& x_hat) {
   check_adm_images(x, x_hat, "medmix::adm_minmax");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -38,13 +81,20 @@ at::Tensor adm_minmax_cpu(const at::Tensor& x, const at::Tensor& x_hat) {
   auto out = at::empty({B, T, 2}, x.options().dtype(at::kFloat));
   float* po = out.data_ptr<float>();
   const Strides4 sx = strides_of(x), sh = strides_of(x_hat);
+  const bool fast = planar(x) && planar(x_hat);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_minmax", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t bi = task / T, k0 = (task % T) * kAdmChunk, k1 = std::min(k0 + kAdmChunk, H * W);
+        const int64_t bi = task / T, k0 = (task % T) * kAdmChunk;
+        int64_t k1 = std::min(k0 + kAdmChunk, H * W);
         float lo = FLT_MAX, hi = -FLT_MAX;
+        if (fast) {
+          for (int64_t c = 0; c < C; ++c)
+            chunk_minmax(px + bi * sx.n + c * sx.c + k0, ph + bi * sh.n + c * sh.c + k0, k1 - k0, &lo, &hi);
+          k1 = k0;  // done
+        }
         for (int64_t k = k0; k < k1; ++k) {
           const int64_t y = k / W, xx = k % W;
           for (int64_t c = 0; c < C; ++c) {
@@ -78,6 +128,7 @@ std::tuple<at::Tensor, at::Tensor> adm_apply_cpu(const at::Tensor& x, const at::
   float* po = out.data_ptr<float>();
   int32_t* pc = count.data_ptr<int32_t>();
   const Strides4 sx = strides_of(x), sh = strides_of(x_hat);
+  const bool fast = planar(x) && planar(x_hat);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_apply", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();
@@ -87,12 +138,23 @@ std::tuple<at::Tensor, at::Tensor> adm_apply_cpu(const at::Tensor& x, const at::
         float lo, range;
         sample_range(pm, T, bi, &lo, &range);
         int32_t n = 0;
-        for (int64_t k = k0; k < k1; ++k) {
-          const int64_t y = k / W, xx = k % W;
-          const float a = range > 0.f ? adm_score(px + sx.at(bi, y, xx), sx.c, ph + sh.at(bi, y, xx), sh.c, C, lo, range) : 0.f;
-          const bool on = range > 0.f && a >= pt[bi];
-          po[bi * H * W + k] = emit_score ? a : (on ? 1.f : 0.f);
-          n += on;
+        float* o = po + bi * H * W;
+        if (fast && range > 0.f) {
+          chunk_score(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, k1 - k0, lo, range, o + k0);
+          const float t = pt[bi];
+          for (int64_t k = k0; k < k1; ++k) {
+            const bool on = o[k] >= t;
+            n += on;
+            if (!emit_score) o[k] = on ? 1.f : 0.f;
+          }
+        } else {
+          for (int64_t k = k0; k < k1; ++k) {
+            const int64_t y = k / W, xx = k % W;
+            const float a = range > 0.f ? adm_score(px + sx.at(bi, y, xx), sx.c, ph + sh.at(bi, y, xx), sh.c, C, lo, range) : 0.f;
+            const bool on = range > 0.f && a >= pt[bi];
+            o[k] = emit_score ? a : (on ? 1.f : 0.f);
+            n += on;
+          }
         }
         pc[task] = n;
       }
@@ -151,18 +213,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(const at::Tensor& x, 
   const float* pl = lam.data_ptr<float>();
   int32_t* pc = count.data_ptr<int32_t>();
   const Strides4 sx = strides_of(x), sh = strides_of(x_hat), ss = strides_of(x_src), sr = strides_of(x_ref);
+  const bool fast = planar(x) && planar(x_hat) && planar(x_src) && planar(x_ref);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_mix", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();
     scalar_t* ps = x_src.data_ptr<scalar_t>();
     scalar_t* pr = x_ref.data_ptr<scalar_t>();
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> acc(kAdmChunk);
+      std::vector<uint8_t> on_mask(kAdmChunk);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t bi = task / T, k0 = (task % T) * kAdmChunk, k1 = std::min(k0 + kAdmChunk, H * W);
+        const int64_t bi = task / T, k0 = (task % T) * kAdmChunk;
+        int64_t k1 = std::min(k0 + kAdmChunk, H * W);
         const int64_t pj = pp[bi];
         float lo, range;
         sample_range(pm, T, bi, &lo, &range);
         int32_t n = 0;
+        if (fast) {
+          const int64_t len = k1 - k0;
+          if (range > 0.f) {
+            chunk_score(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, len, lo, range, acc.data());
+          } else {
+            std::fill(acc.begin(), acc.begin() + len, -1.f);  // flat sample: empty mask
+          }
+          const float t = pl[bi];
+          for (int64_t k = 0; k < len; ++k) {
+            on_mask[k] = acc[k] >= t;
+            n += on_mask[k];
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t* own = px + bi * sx.n + c * sx.c + k0;
+            const scalar_t* other = px + pj * sx.n + c * sx.c + k0;
+            scalar_t* s_out = ps + bi * ss.n + c * ss.c + k0;
+            scalar_t* r_out = pr + bi * sr.n + c * sr.c + k0;
+            for (int64_t k = 0; k < len; ++k) {
+              s_out[k] = on_mask[k] ? own[k] : other[k];
+              r_out[k] = on_mask[k] ? other[k] : own[k];
+            }
+          }
+          k1 = k0;  // done
+        }
         for (int64_t k = k0; k < k1; ++k) {
           const int64_t y = k / W, xx = k % W;
           const bool on = range > 0.f &&

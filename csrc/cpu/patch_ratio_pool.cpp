@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <tuple>
+#include <vector>
 
 #include "../common/patch_ratio.h"
 #include "../common/patch_ratio_args.h"
@@ -26,20 +27,28 @@ std::tuple<at::Tensor, at::Tensor> patch_pool_cpu(const at::Tensor& s_a_in, cons
   float* pp = pooled.data_ptr<float>();
   float* pm = minmax.data_ptr<float>();
   at::parallel_for(0, g.B * g.gh, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> sum_a(g.gw), sum_b(g.gw);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / g.gh, gi = task % g.gh;
       const int64_t y0 = gi * patch, y1 = std::min(y0 + patch, g.H);
+      std::fill(sum_a.begin(), sum_a.end(), 0.f);
+      std::fill(sum_b.begin(), sum_b.end(), 0.f);
+      for (int64_t y = y0; y < y1; ++y) {  // rows outermost: a sequential sweep of the band
+        const float* ra = pa + (bi * g.H + y) * g.W;
+        const float* rb = pb + (bi * g.H + y) * g.W;
+        for (int64_t gj = 0; gj < g.gw; ++gj) {
+          const int64_t x0 = gj * patch, x1 = std::min(x0 + patch, g.W);
+          float acc_a = 0.f, acc_b = 0.f;
+          for (int64_t x = x0; x < x1; ++x) acc_a += ra[x], acc_b += rb[x];
+          sum_a[gj] += acc_a;
+          sum_b[gj] += acc_b;
+        }
+      }
       float lo_a = FLT_MAX, hi_a = -FLT_MAX, lo_b = FLT_MAX, hi_b = -FLT_MAX;
       for (int64_t gj = 0; gj < g.gw; ++gj) {
-        const int64_t x0 = gj * patch, x1 = std::min(x0 + patch, g.W);
-        float sa = 0.f, sb = 0.f;
-        for (int64_t y = y0; y < y1; ++y)
-          for (int64_t x = x0; x < x1; ++x) {
-            sa += pa[(bi * g.H + y) * g.W + x];
-            sb += pb[(bi * g.H + y) * g.W + x];
-          }
-        const float n = static_cast<float>((y1 - y0) * (x1 - x0));
-        const float ma = sa / n, mb = sb / n;
+        const int64_t pw = std::min(gj * patch + patch, g.W) - gj * patch;
+        const float n = static_cast<float>((y1 - y0) * pw);
+        const float ma = sum_a[gj] / n, mb = sum_b[gj] / n;
         pp[((bi * 2 + 0) * g.gh + gi) * g.gw + gj] = ma;
         pp[((bi * 2 + 1) * g.gh + gi) * g.gw + gj] = mb;
         lo_a = std::min(lo_a, ma), hi_a = std::max(hi_a, ma);

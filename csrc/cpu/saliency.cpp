@@ -1,6 +1,7 @@
 // Saliency kernels on the CPU, parallel over samples: saliency_map (source transform, separable
 // taps, optional square, bilinear resize, min-max normalisation), spectral_residual_filter and
-// fine_grained_saliency. See csrc/ops.cpp for the contracts.
+// fine_grained_saliency. See csrc/ops.cpp for the contracts. Inner loops run over contiguous
+// rows with the taps / channels outside, so the compiler vectorises them.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -20,80 +21,147 @@
 namespace medmix {
 namespace {
 
-// Blurs s0 [h, w] in place with the separable taps (horizontal, then vertical), via s1.
-void separable_taps(float* s0, float* s1, int64_t h, int64_t w, const float* taps, int64_t T) {
-  if (T == 1) {
-    for (int64_t k = 0; k < h * w; ++k) s0[k] *= taps[0];
-    return;
+// Per output row / column: the two source indices and the weight of the second (PyTorch's
+// align_corners=False arithmetic, computed once per call).
+struct BilinearTable {
+  std::vector<int64_t> i0, i1;
+  std::vector<float> l1;
+  BilinearTable(int64_t in, int64_t out) : i0(out), i1(out), l1(out) {
+    for (int64_t o = 0; o < out; ++o) bilinear_coord(o, in, out, &i0[o], &i1[o], &l1[o]);
   }
+};
+
+// Blurs s0 [h, w] in place with the separable taps (horizontal, then vertical).
+void separable_taps(float* s0, int64_t h, int64_t w, const float* taps, int64_t T,
+                    std::vector<float>& row, std::vector<float>& tmp) {
   const int64_t r = T / 2;
-  for (int64_t i = 0; i < h; ++i)
-    for (int64_t j = 0; j < w; ++j) {
-      float v = 0.f;
-      for (int64_t t = 0; t < T; ++t) v += taps[t] * s0[i * w + reflect_index(j + t - r, w)];
-      s1[i * w + j] = v;
+  row.resize(w + 2 * r);
+  tmp.resize(h * w);
+  for (int64_t i = 0; i < h; ++i) {
+    float* pad = row.data() + r;
+    const float* src = s0 + i * w;
+    std::copy(src, src + w, pad);
+    for (int64_t j = 1; j <= r; ++j) {
+      pad[-j] = src[reflect_index(-j, w)];
+      pad[w - 1 + j] = src[reflect_index(w - 1 + j, w)];
     }
-  for (int64_t i = 0; i < h; ++i)
-    for (int64_t j = 0; j < w; ++j) {
-      float v = 0.f;
-      for (int64_t t = 0; t < T; ++t) v += taps[t] * s1[reflect_index(i + t - r, h) * w + j];
-      s0[i * w + j] = v;
+    float* dst = tmp.data() + i * w;
+    std::fill(dst, dst + w, 0.f);
+    for (int64_t t = 0; t < T; ++t) {
+      const float tap = taps[t];
+      const float* sh = pad + t - r;
+      for (int64_t j = 0; j < w; ++j) dst[j] += tap * sh[j];
     }
+  }
+  for (int64_t i = 0; i < h; ++i) {
+    float* dst = s0 + i * w;
+    std::fill(dst, dst + w, 0.f);
+    for (int64_t t = 0; t < T; ++t) {
+      const float tap = taps[t];
+      const float* src = tmp.data() + reflect_index(i + t - r, h) * w;
+      for (int64_t j = 0; j < w; ++j) dst[j] += tap * src[j];
+    }
+  }
+}
+
+// Source values of sample bi into a [h, w] map (row-wise, channels outside, when possible).
+template <typename T>
+void source_map(const T* p0, int64_t mode, int64_t si, int64_t sj, int64_t sc, int64_t C,
+                const float* w, bool q, int64_t h, int64_t wd, float* out) {
+  const bool rows = sj == 1 && mode != kSrcComplexAbs && mode != kSrcReluWeighted;
+  for (int64_t i = 0; i < h; ++i) {
+    float* o = out + i * wd;
+    if (rows) {
+      std::fill(o, o + wd, 0.f);
+      for (int64_t c = 0; c < C; ++c) {
+        const T* src = p0 + i * si + c * sc;
+        if (mode == kSrcWeighted) {
+          const float wc = w[c];
+          for (int64_t j = 0; j < wd; ++j) o[j] += wc * static_cast<float>(src[j]);
+        } else if (mode == kSrcAbsSum) {
+          for (int64_t j = 0; j < wd; ++j) o[j] += std::fabs(static_cast<float>(src[j]));
+        } else {  // kSrcAbsMax: |x| >= 0, so starting from 0 is the max
+          for (int64_t j = 0; j < wd; ++j) o[j] = std::max(o[j], std::fabs(static_cast<float>(src[j])));
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < wd; ++j) o[j] = saliency_source<T>(mode, p0 + i * si + j * sj, sc, C, w);
+    }
+    if (q)
+      for (int64_t j = 0; j < wd; ++j) o[j] = std::nearbyint(o[j]);
+  }
 }
 
 template <typename T>
 void saliency_map_impl(const at::Tensor& src, int64_t mode, const at::Tensor& weights,
                        const at::Tensor& taps, bool square, int64_t out_h, int64_t out_w,
                        bool normalize, bool quantize, const at::Tensor& gate,
-                       const SaliencyMapDims& d,
-                       at::Tensor& out, at::Tensor& flat) {
+                       const SaliencyMapDims& d, at::Tensor& out, at::Tensor& flat) {
   const T* ps = src.data_ptr<T>();
   const float* pw = weights.numel() ? weights.data_ptr<float>() : nullptr;
   const float* pt = taps.data_ptr<float>();
   const bool* pg = gate.numel() ? gate.data_ptr<bool>() : nullptr;
   float* po = out.data_ptr<float>();
   bool* pf = flat.data_ptr<bool>();
-  const int64_t T_ = taps.size(0), h = d.h, w = d.w;
+  const int64_t T_ = taps.size(0), h = d.h, w = d.w, n_out = out_h * out_w;
   const bool complex_src = mode == kSrcComplexAbs;
-  const int64_t s0 = src.stride(0), si = complex_src ? src.stride(1) : src.stride(2),
+  const int64_t sb = src.stride(0), si = complex_src ? src.stride(1) : src.stride(2),
                 sj = complex_src ? src.stride(2) : src.stride(3);
+  const bool direct = saliency_direct(T_, h, w, out_h, out_w);
+  const bool resize = out_h != h || out_w != w;
+  const BilinearTable rows(h, out_h), cols(w, out_w);
+  const bool round_out = quantize && !normalize;
   at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> a(h * w), b(h * w);
+    std::vector<float> map(direct ? 0 : h * w), row, tmp;
     for (int64_t bi = begin; bi < end; ++bi) {
-      float* o = po + bi * out_h * out_w;
+      float* o = po + bi * n_out;
       if (pg && !pg[bi]) {
-        std::fill(o, o + out_h * out_w, 0.f);
+        std::fill(o, o + n_out, 0.f);
         pf[bi] = true;
         continue;
       }
-      float src_lo = FLT_MAX, src_hi = -FLT_MAX;
-      for (int64_t i = 0; i < h; ++i)
-        for (int64_t j = 0; j < w; ++j) {
-          const float v = quantize_value(
-              saliency_source<T>(mode, ps + bi * s0 + i * si + j * sj, d.sc, d.C,
-                                 pw ? pw + bi * d.C : nullptr),
-              quantize);
-          a[i * w + j] = v;
-          src_lo = std::min(src_lo, v);
-          src_hi = std::max(src_hi, v);
+      const T* p0 = ps + bi * sb;
+      const float* wb = pw ? pw + bi * d.C : nullptr;
+      if (direct) {
+        for (int64_t y = 0; y < out_h; ++y)
+          for (int64_t x = 0; x < out_w; ++x)
+            o[y * out_w + x] = bilinear_source<T>(mode, p0, si, sj, d.sc, d.C, wb, quantize, h, w,
+                                                  y, x, out_h, out_w);
+      } else {
+        source_map<T>(p0, mode, si, sj, d.sc, d.C, wb, quantize, h, w, map.data());
+        if (T_ > 1) {
+          separable_taps(map.data(), h, w, pt, T_, row, tmp);
+        } else if (pt[0] != 1.f) {
+          for (auto& v : map) v *= pt[0];
         }
-      pf[bi] = is_flat(src_lo, src_hi);
-      separable_taps(a.data(), b.data(), h, w, pt, T_);
-      if (square)
-        for (auto& v : a) v *= v;
-      const bool round_out = quantize && !normalize;
+        if (square)
+          for (auto& v : map) v *= v;
+        if (!resize) {
+          std::copy(map.begin(), map.end(), o);
+        } else {
+          for (int64_t y = 0; y < out_h; ++y) {
+            const float* r0 = map.data() + rows.i0[y] * w;
+            const float* r1 = map.data() + rows.i1[y] * w;
+            const float ly = rows.l1[y];
+            for (int64_t x = 0; x < out_w; ++x) {
+              const float lx = cols.l1[x];
+              const float top = (1.f - lx) * r0[cols.i0[x]] + lx * r0[cols.i1[x]];
+              const float bot = (1.f - lx) * r1[cols.i0[x]] + lx * r1[cols.i1[x]];
+              o[y * out_w + x] = (1.f - ly) * top + ly * bot;
+            }
+          }
+        }
+      }
+      if (round_out)
+        for (int64_t k = 0; k < n_out; ++k) o[k] = std::nearbyint(o[k]);
       float lo = FLT_MAX, hi = -FLT_MAX;
-      for (int64_t y = 0; y < out_h; ++y)
-        for (int64_t x = 0; x < out_w; ++x) {
-          const float v = quantize_value(bilinear_sample(a.data(), h, w, y, x, out_h, out_w), round_out);
-          lo = std::min(lo, v);
-          hi = std::max(hi, v);
-        }
-      for (int64_t y = 0; y < out_h; ++y)
-        for (int64_t x = 0; x < out_w; ++x) {
-          const float v = quantize_value(bilinear_sample(a.data(), h, w, y, x, out_h, out_w), round_out);
-          o[y * out_w + x] = normalize ? normalize_value(v, lo, hi) : v;
-        }
+      for (int64_t k = 0; k < n_out; ++k) {
+        lo = std::min(lo, o[k]);
+        hi = std::max(hi, o[k]);
+      }
+      pf[bi] = is_flat(lo, hi);
+      if (normalize)
+        for (int64_t k = 0; k < n_out; ++k) o[k] = normalize_value(o[k], lo, hi);
     }
   });
 }
@@ -125,14 +193,21 @@ at::Tensor spectral_residual_filter_cpu(const at::Tensor& spec_in) {
   auto out = at::empty_like(spec);
   const float* ps = spec.data_ptr<float>();
   float* po = out.data_ptr<float>();
-  at::parallel_for(0, B * h, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bi = row / h, i = row % h;
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> la(h * w);
+    for (int64_t bi = begin; bi < end; ++bi) {
       const float* sb = ps + bi * h * w * 2;
-      for (int64_t j = 0; j < w; ++j) {
-        float* o = po + ((bi * h + i) * w + j) * 2;
-        spectral_residual_at(sb, h, w, i, j, o, o + 1);
-      }
+      float* ob = po + bi * h * w * 2;
+      for (int64_t k = 0; k < h * w; ++k) la[k] = log_amplitude(sb, k);  // once per frequency
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t j = 0; j < w; ++j) {
+          float box = 0.f;
+          for (int64_t di = -1; di <= 1; ++di)
+            for (int64_t dj = -1; dj <= 1; ++dj)
+              box += la[reflect1(i + di, h) * w + reflect1(j + dj, w)];
+          const int64_t k = i * w + j;
+          spectral_residual_value(sb[2 * k], sb[2 * k + 1], la[k], box, ob + 2 * k, ob + 2 * k + 1);
+        }
     }
   });
   return out;
@@ -151,7 +226,6 @@ at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, const at::Tensor
   const std::vector<int64_t> sc(scales.begin(), scales.end());
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> on(H * W), off(H * W);
-    std::vector<float> inten(H * W);
     for (int64_t bi = begin; bi < end; ++bi) {
       double on_max = 0, off_max = 0;
       for (int64_t y = 0; y < H; ++y)
@@ -163,14 +237,14 @@ at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, const at::Tensor
           on_max = std::max(on_max, on[k]);
           off_max = std::max(off_max, off[k]);
         }
+      float* o = po + bi * H * W;
       float lo = FLT_MAX, hi = -FLT_MAX;
       for (int64_t k = 0; k < H * W; ++k) {
-        const double v = (on_max > 0 ? on[k] / on_max : 0.0) + (off_max > 0 ? off[k] / off_max : 0.0);
-        inten[k] = static_cast<float>(v);
-        lo = std::min(lo, inten[k]);
-        hi = std::max(hi, inten[k]);
+        o[k] = static_cast<float>((on_max > 0 ? on[k] / on_max : 0.0) + (off_max > 0 ? off[k] / off_max : 0.0));
+        lo = std::min(lo, o[k]);
+        hi = std::max(hi, o[k]);
       }
-      for (int64_t k = 0; k < H * W; ++k) po[bi * H * W + k] = normalize_value(inten[k], lo, hi);
+      for (int64_t k = 0; k < H * W; ++k) o[k] = normalize_value(o[k], lo, hi);
     }
   });
   return out;

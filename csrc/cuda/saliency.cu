@@ -45,56 +45,57 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x == 0) flat[b] = true;
     return;
   }
+  const T* p0 = src + b * s_b;
+  const float* wb = weights != nullptr ? weights + b * C : nullptr;
+  const bool direct = saliency_direct(T_, h, w, out_h, out_w);
   float* s0 = s0_all + b * hw;
   float* s1 = s1_all + b * hw;
-  const float* wb = weights != nullptr ? weights + b * C : nullptr;
-  float src_lo = FLT_MAX, src_hi = -FLT_MAX;
-  for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
-    const int64_t i = k / w, j = k % w;
-    float v = quantize_value(saliency_source<T>(mode, src + b * s_b + i * s_i + j * s_j, s_c, C, wb),
-                             quantize);
-    src_lo = fminf(src_lo, v);
-    src_hi = fmaxf(src_hi, v);
-    if (T_ == 1) {
-      v *= taps[0];
-      if (square) v *= v;
-    }
-    s0[k] = v;
-  }
-  // The reductions' barriers also publish s0 to the whole block.
-  src_lo = block_all_reduce(src_lo, MinOp{}, FLT_MAX);
-  src_hi = block_all_reduce(src_hi, MaxOp{}, -FLT_MAX);
-  if (threadIdx.x == 0) flat[b] = is_flat(src_lo, src_hi);
-  if (T_ > 1) {
-    const int64_t r = T_ / 2;
+  if (!direct) {
     for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
       const int64_t i = k / w, j = k % w;
-      float v = 0.f;
-      for (int64_t t = 0; t < T_; ++t) v += taps[t] * s0[i * w + reflect_index(j + t - r, w)];
-      s1[k] = v;
+      float v = quantize_value(saliency_source<T>(mode, p0 + i * s_i + j * s_j, s_c, C, wb), quantize);
+      if (T_ == 1) {
+        v *= taps[0];
+        if (square) v *= v;
+      }
+      s0[k] = v;
     }
     __syncthreads();
-    for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
-      const int64_t i = k / w, j = k % w;
-      float v = 0.f;
-      for (int64_t t = 0; t < T_; ++t) v += taps[t] * s1[reflect_index(i + t - r, h) * w + j];
-      s0[k] = square ? v * v : v;
+    if (T_ > 1) {
+      const int64_t r = T_ / 2;
+      for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
+        const int64_t i = k / w, j = k % w;
+        float v = 0.f;
+        for (int64_t t = 0; t < T_; ++t) v += taps[t] * s0[i * w + reflect_index(j + t - r, w)];
+        s1[k] = v;
+      }
+      __syncthreads();
+      for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
+        const int64_t i = k / w, j = k % w;
+        float v = 0.f;
+        for (int64_t t = 0; t < T_; ++t) v += taps[t] * s1[reflect_index(i + t - r, h) * w + j];
+        s0[k] = square ? v * v : v;
+      }
+      __syncthreads();
     }
-    __syncthreads();
   }
+  // Output pass: the map at (out_h, out_w), before normalisation, with its min / max.
   const bool round_out = quantize && !normalize;
   float lo = FLT_MAX, hi = -FLT_MAX;
   for (int64_t k = threadIdx.x; k < n_out; k += blockDim.x) {
-    const float v = quantize_value(bilinear_sample(s0, h, w, k / out_w, k % out_w, out_h, out_w), round_out);
+    const int64_t y = k / out_w, x = k % out_w;
+    float v = direct ? bilinear_source<T>(mode, p0, s_i, s_j, s_c, C, wb, quantize, h, w, y, x, out_h, out_w)
+                     : bilinear_sample(s0, h, w, y, x, out_h, out_w);
+    v = quantize_value(v, round_out);
+    o[k] = v;
     lo = fminf(lo, v);
     hi = fmaxf(hi, v);
   }
-  lo = block_all_reduce(lo, MinOp{}, FLT_MAX);
+  lo = block_all_reduce(lo, MinOp{}, FLT_MAX);  // barriers: o is complete after these
   hi = block_all_reduce(hi, MaxOp{}, -FLT_MAX);
-  for (int64_t k = threadIdx.x; k < n_out; k += blockDim.x) {
-    const float v = quantize_value(bilinear_sample(s0, h, w, k / out_w, k % out_w, out_h, out_w), round_out);
-    o[k] = normalize ? normalize_value(v, lo, hi) : v;
-  }
+  if (threadIdx.x == 0) flat[b] = is_flat(lo, hi);
+  if (normalize)
+    for (int64_t k = threadIdx.x; k < n_out; k += blockDim.x) o[k] = normalize_value(o[k], lo, hi);
 }
 
 __global__ void spectral_residual_kernel(const float* __restrict__ spec, float* __restrict__ out,
@@ -147,7 +148,9 @@ std::tuple<at::Tensor, at::Tensor> saliency_map_cuda(const at::Tensor& src, int6
   auto opts = src.options().dtype(at::kFloat);
   auto out = at::empty({d.B, 1, out_h, out_w}, opts);
   auto flat = at::empty({d.B}, src.options().dtype(at::kBool));
-  auto s0 = at::empty({d.B, d.h * d.w}, opts);
+  // Per-sample scratch for the full-size map and the blur's intermediate (none when direct).
+  const bool direct = saliency_direct(taps.size(0), d.h, d.w, out_h, out_w);
+  auto s0 = at::empty({direct ? 0 : d.B, d.h * d.w}, opts);
   auto s1 = taps.size(0) > 1 ? at::empty({d.B, d.h * d.w}, opts) : s0;
   const auto w = weights.contiguous(), t = taps.contiguous(), g = gate.contiguous();
   const bool complex_src = mode == kSrcComplexAbs;

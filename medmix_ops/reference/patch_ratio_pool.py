@@ -23,5 +23,6 @@ def patch_ratio_pool(s_a: torch.Tensor, s_b: torch.Tensor, patch: int, alpha: fl
 def expand_ratios(r: torch.Tensor, patch: int, size) -> torch.Tensor:
     """[B, gh, gw] -> nearest-upsampled [B, 1, H, W] pixel map (cropped to size)."""
     H, W = size
-    up = r.repeat_interleave(patch, dim=1).repeat_interleave(patch, dim=2)
-    return up[:, None, :H, :W].contiguous()
+    B, gh, gw = r.shape
+    up = r[:, None, :, None, :, None].expand(B, 1, gh, patch, gw, patch)  # a view: one copy below
+    return up.reshape(B, 1, gh * patch, gw * patch)[..., :H, :W].contiguous()

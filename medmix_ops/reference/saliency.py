@@ -101,8 +101,9 @@ def spectral_residual(x: torch.Tensor) -> torch.Tensor:
     B, _, H, W = x.shape
     q = x.dtype == torch.uint8
     g = _round_if(to_grey(x), q)
-    constant = is_flat(g.amin(dim=(1, 2)), g.amax(dim=(1, 2)))
     small = _round_if(resize_bilinear(g, (SPECTRAL_SIZE, SPECTRAL_SIZE)), q)
+    # a flat working grid (a constant image) gives zeros, not the spectrum of rounding noise
+    constant = is_flat(small.amin(dim=(1, 2)), small.amax(dim=(1, 2)))
     spec = torch.fft.fft2(small)
     amp = spec.abs()
     log_amp = torch.log(amp.clamp_min(LOG_FLOOR))

@@ -61,93 +61,110 @@ def _sample(m_ptr, h, w, oy, ox, out_h, out_w, mask, RESIZE: tl.constexpr):
 
 
 @triton.jit
+def _source_tap(p0, y, x, s_i, s_j, s_c, C, w_ptr, m, MODE: tl.constexpr, QUANTIZE: tl.constexpr):
+    v = _source(p0 + y * s_i + x * s_j, s_c, C, w_ptr, m, MODE)
+    if QUANTIZE:
+        v = cm.round_half_even(v)
+    return v
+
+
+@triton.jit
+def _bilinear_source(p0, s_i, s_j, s_c, C, w_ptr, h, w, oy, ox, out_h, out_w, m,
+                     MODE: tl.constexpr, QUANTIZE: tl.constexpr):
+    """The direct path: bilinear sample of the source itself (csrc/common/saliency.h)."""
+    y0, y1, ly = _bilinear_coord(oy, h, out_h)
+    x0, x1, lx = _bilinear_coord(ox, w, out_w)
+    top = ((1.0 - lx) * _source_tap(p0, y0, x0, s_i, s_j, s_c, C, w_ptr, m, MODE, QUANTIZE)
+           + lx * _source_tap(p0, y0, x1, s_i, s_j, s_c, C, w_ptr, m, MODE, QUANTIZE))
+    bot = ((1.0 - lx) * _source_tap(p0, y1, x0, s_i, s_j, s_c, C, w_ptr, m, MODE, QUANTIZE)
+           + lx * _source_tap(p0, y1, x1, s_i, s_j, s_c, C, w_ptr, m, MODE, QUANTIZE))
+    return (1.0 - ly) * top + ly * bot
+
+
+@triton.jit
 def saliency_map_kernel(src_ptr, w_ptr, taps_ptr, gate_ptr, out_ptr, flat_ptr, s0_ptr, s1_ptr,
                         C, h, w, out_h, out_w, T, s_b, s_c, s_i, s_j,
                         MODE: tl.constexpr, SQUARE: tl.constexpr, NORMALIZE: tl.constexpr,
-                        QUANTIZE: tl.constexpr, RESIZE: tl.constexpr, HAS_GATE: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        QUANTIZE: tl.constexpr, RESIZE: tl.constexpr, DIRECT: tl.constexpr,
+                        HAS_GATE: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     hw = h * w
     n_out = out_h * out_w
     s0 = s0_ptr + b * hw
     s1 = s1_ptr + b * hw
     out = out_ptr + b * n_out
+    p0 = src_ptr + b * s_b
+    wb = w_ptr + b * C
     if HAS_GATE:
         gate_on = tl.load(gate_ptr + b) != 0
     else:
         gate_on = b >= 0  # always true, but a tensor like the gated case
     if gate_on:
-        r = T // 2
-        tap0 = tl.load(taps_ptr)
-        src_lo = tl.full([BLOCK], float("inf"), tl.float32)
-        src_hi = tl.full([BLOCK], float("-inf"), tl.float32)
-        # A0: source values -> s0 (with the single tap, and the square, when T == 1)
-        for start in range(0, hw, BLOCK):
-            k = start + tl.arange(0, BLOCK)
-            m = k < hw
-            i = k // w
-            j = k % w
-            v = _source(src_ptr + b * s_b + i * s_i + j * s_j, s_c, C, w_ptr + b * C, m, MODE)
-            if QUANTIZE:
-                v = cm.round_half_even(v)
-            src_lo = tl.minimum(src_lo, tl.where(m, v, float("inf")))
-            src_hi = tl.maximum(src_hi, tl.where(m, v, float("-inf")))
-            if T == 1:
-                v = v * tap0
-                if SQUARE:
-                    v = v * v
-            tl.store(s0 + k, v, mask=m)
-        tl.store(flat_ptr + b, cm.is_flat(tl.min(src_lo, axis=0), tl.max(src_hi, axis=0)))
-        tl.debug_barrier()
-        if T > 1:
-            # A1: horizontal taps s0 -> s1; A2: vertical taps s1 -> s0 (squared if asked)
+        if not DIRECT:
+            r = T // 2
+            tap0 = tl.load(taps_ptr)
+            # A0: source values -> s0 (with the single tap, and the square, when T == 1)
             for start in range(0, hw, BLOCK):
                 k = start + tl.arange(0, BLOCK)
                 m = k < hw
-                i = k // w
-                j = k % w
-                acc = tl.zeros([BLOCK], dtype=tl.float32)
-                for t in range(T):
-                    jj = cm.reflect_index(j + (t - r), w)
-                    acc += tl.load(taps_ptr + t) * tl.load(s0 + i * w + jj, mask=m, other=0.0)
-                tl.store(s1 + k, acc, mask=m)
+                v = _source_tap(p0, k // w, k % w, s_i, s_j, s_c, C, wb, m, MODE, QUANTIZE)
+                if T == 1:
+                    v = v * tap0
+                    if SQUARE:
+                        v = v * v
+                tl.store(s0 + k, v, mask=m)
             tl.debug_barrier()
-            for start in range(0, hw, BLOCK):
-                k = start + tl.arange(0, BLOCK)
-                m = k < hw
-                i = k // w
-                j = k % w
-                acc = tl.zeros([BLOCK], dtype=tl.float32)
-                for t in range(T):
-                    ii = cm.reflect_index(i + (t - r), h)
-                    acc += tl.load(taps_ptr + t) * tl.load(s1 + ii * w + j, mask=m, other=0.0)
-                if SQUARE:
-                    acc = acc * acc
-                tl.store(s0 + k, acc, mask=m)
-            tl.debug_barrier()
-        # B: min / max over the output grid
+            if T > 1:
+                # A1: horizontal taps s0 -> s1; A2: vertical taps s1 -> s0 (squared if asked)
+                for start in range(0, hw, BLOCK):
+                    k = start + tl.arange(0, BLOCK)
+                    m = k < hw
+                    i = k // w
+                    j = k % w
+                    acc = tl.zeros([BLOCK], dtype=tl.float32)
+                    for t in range(T):
+                        jj = cm.reflect_index(j + (t - r), w)
+                        acc += tl.load(taps_ptr + t) * tl.load(s0 + i * w + jj, mask=m, other=0.0)
+                    tl.store(s1 + k, acc, mask=m)
+                tl.debug_barrier()
+                for start in range(0, hw, BLOCK):
+                    k = start + tl.arange(0, BLOCK)
+                    m = k < hw
+                    i = k // w
+                    j = k % w
+                    acc = tl.zeros([BLOCK], dtype=tl.float32)
+                    for t in range(T):
+                        ii = cm.reflect_index(i + (t - r), h)
+                        acc += tl.load(taps_ptr + t) * tl.load(s1 + ii * w + j, mask=m, other=0.0)
+                    if SQUARE:
+                        acc = acc * acc
+                    tl.store(s0 + k, acc, mask=m)
+                tl.debug_barrier()
+        # B: the map at (out_h, out_w) before normalisation, with its min / max
         lo = tl.full([BLOCK], float("inf"), tl.float32)
         hi = tl.full([BLOCK], float("-inf"), tl.float32)
         for start in range(0, n_out, BLOCK):
             k = start + tl.arange(0, BLOCK)
             m = k < n_out
-            v = _sample(s0, h, w, k // out_w, k % out_w, out_h, out_w, m, RESIZE)
+            if DIRECT:
+                v = _bilinear_source(p0, s_i, s_j, s_c, C, wb, h, w, k // out_w, k % out_w,
+                                     out_h, out_w, m, MODE, QUANTIZE)
+            else:
+                v = _sample(s0, h, w, k // out_w, k % out_w, out_h, out_w, m, RESIZE)
             if QUANTIZE and not NORMALIZE:
                 v = cm.round_half_even(v)
+            tl.store(out + k, v, mask=m)
             lo = tl.minimum(lo, tl.where(m, v, float("inf")))
             hi = tl.maximum(hi, tl.where(m, v, float("-inf")))
         lo_s = tl.min(lo, axis=0)
         hi_s = tl.max(hi, axis=0)
-        # C: normalised (or raw) output
-        for start in range(0, n_out, BLOCK):
-            k = start + tl.arange(0, BLOCK)
-            m = k < n_out
-            v = _sample(s0, h, w, k // out_w, k % out_w, out_h, out_w, m, RESIZE)
-            if QUANTIZE and not NORMALIZE:
-                v = cm.round_half_even(v)
-            if NORMALIZE:
-                v = cm.normalize(v, lo_s, hi_s)
-            tl.store(out + k, v, mask=m)
+        tl.store(flat_ptr + b, cm.is_flat(lo_s, hi_s))
+        if NORMALIZE:
+            tl.debug_barrier()
+            for start in range(0, n_out, BLOCK):
+                k = start + tl.arange(0, BLOCK)
+                m = k < n_out
+                tl.store(out + k, cm.normalize(tl.load(out + k, mask=m, other=0.0), lo_s, hi_s), mask=m)
     else:
         tl.store(flat_ptr + b, True)
         for start in range(0, n_out, BLOCK):
@@ -267,14 +284,15 @@ def saliency_map(src, src_mode, weights, taps, square, out_h, out_w, normalize, 
         s_b, s_c, s_i, s_j = src.stride()
     out = torch.empty((B, 1, out_h, out_w), device=src.device, dtype=torch.float32)
     flat = torch.empty((B,), device=src.device, dtype=torch.bool)
-    s0 = torch.empty((B, h * w), device=src.device, dtype=torch.float32)
+    direct = taps.numel() == 1 and 4 * out_h * out_w <= h * w  # saliency_direct() in C++
+    s0 = torch.empty((0 if direct else B, h * w), device=src.device, dtype=torch.float32)
     s1 = torch.empty((B, h * w), device=src.device, dtype=torch.float32) if taps.numel() > 1 else s0
     has_gate = gate.numel() > 0
     saliency_map_kernel[(B,)](
         src, weights if weights.numel() else out, taps.contiguous(), gate if has_gate else out,
         out, flat, s0, s1, C, h, w, out_h, out_w, taps.numel(), s_b, s_c, s_i, s_j,
         MODE=int(src_mode), SQUARE=bool(square), NORMALIZE=bool(normalize), QUANTIZE=bool(quantize),
-        RESIZE=(out_h, out_w) != (h, w), HAS_GATE=has_gate, BLOCK=BLOCK,
+        RESIZE=(out_h, out_w) != (h, w), DIRECT=direct, HAS_GATE=has_gate, BLOCK=BLOCK,
     )
     return out, flat
 
