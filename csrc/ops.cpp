@@ -56,8 +56,9 @@ TORCH_LIBRARY(medmix, m) {
   // int32 [B, 256] histogram of A over [0, 1] (for Otsu thresholds).
   m.def("adm_histogram(Tensor x, Tensor x_hat, Tensor minmax) -> Tensor");
   // VariMix bidirectional mix with K = A >= lam[b]: x_src = K x + (1 - K) x[perm],
-  // x_ref = K x[perm] + (1 - K) x; count [B, chunks] int32 of K pixels.
+  // x_ref = K x[perm] + (1 - K) x; count [B, chunks] int32 of K pixels; mask = K as float32
+  // [B, 1, H, W] when write_mask, else an empty tensor.
   m.def(
-      "adm_mix(Tensor x, Tensor x_hat, Tensor perm, Tensor minmax, Tensor lam) "
-      "-> (Tensor x_src, Tensor x_ref, Tensor count)");
+      "adm_mix(Tensor x, Tensor x_hat, Tensor perm, Tensor minmax, Tensor lam, bool write_mask) "
+      "-> (Tensor x_src, Tensor x_ref, Tensor count, Tensor mask)");
 }

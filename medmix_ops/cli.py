@@ -47,6 +47,56 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_fidelity(args) -> int:
+    from . import fidelity
+
+    result = fidelity.run_fidelity(n=args.n, size=args.size, seed=args.seed, batch=args.batch,
+                                   names=args.policies or fidelity.FIDELITY_POLICIES)
+    print(fidelity.format_table(result))
+    if args.json:
+        print(f"json: {fidelity.save_json(result, args.json)}")
+    if args.plot:
+        print(f"plot: {fidelity.save_plot(result, args.plot)}")
+    return 0
+
+
+def _load_data(spec: str, size: int, n: int, seed: int):
+    """--data synthlesion | an ImageFolder directory | a MedMNIST .npz file."""
+    from .data import ImageFolder, MedMNIST, SynthLesion
+
+    if spec == "synthlesion":
+        ds = SynthLesion(max(n, 2), size=size, seed=seed)
+        return ds, list(ds.classes)
+    if spec.endswith(".npz"):
+        ds = MedMNIST(spec)
+        return ds, [str(c) for c in range(ds.num_classes)]
+    ds = ImageFolder(spec, size=size)
+    return ds, ds.classes
+
+
+def _cmd_preview(args) -> int:
+    import torch
+
+    from .data import SynthLesion
+    from .policies import make_policy
+    from .preview import save_policy_preview
+
+    ds, names = _load_data(args.data, args.size, args.n, args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(len(ds), generator=g)[:max(args.n, 2)].tolist()
+    items = [ds[i] for i in idx]
+    x = torch.stack([it[0] for it in items])
+    y = torch.as_tensor([it[1] for it in items])
+    seg = torch.stack([it[2] for it in items]) if isinstance(ds, SynthLesion) else None
+    policy = make_policy(args.policy, len(names), dataset=ds)
+    if hasattr(policy, "translator") and hasattr(policy.translator, "set_batch"):
+        policy.translator.set_batch(idx, y)
+    path = save_policy_preview(policy, x, y, names, args.out, rows=args.n, seg=seg,
+                               generator=torch.Generator().manual_seed(args.seed))
+    print(f"preview: {path}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -69,12 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="versions, extension build and available backends")
     i.set_defaults(func=_cmd_info)
+
+    from .fidelity import FIDELITY_POLICIES
+    from .policies import POLICIES
+
+    f = sub.add_parser("fidelity", help="label mismatch of each policy on SynthLesion (table, JSON, plot)")
+    f.add_argument("--n", type=_positive_int, default=512, help="images (default: 512)")
+    f.add_argument("--size", type=_positive_int, default=64, help="image side (default: 64)")
+    f.add_argument("--batch", type=_positive_int, default=64)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--policies", nargs="+", choices=FIDELITY_POLICIES, help="default: all")
+    f.add_argument("--json", help="write the results as JSON here")
+    f.add_argument("--plot", help="write a bar chart PNG here")
+    f.set_defaults(func=_cmd_fidelity)
+
+    pv = sub.add_parser("preview", help="original | partner | mask | mixed, with soft labels")
+    pv.add_argument("--policy", required=True, choices=POLICIES)
+    pv.add_argument("--data", default="synthlesion", help="synthlesion, an ImageFolder dir or a MedMNIST .npz")
+    pv.add_argument("--n", type=_positive_int, default=6, help="rows (default: 6)")
+    pv.add_argument("--size", type=_positive_int, default=64, help="image side (default: 64)")
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("-o", "--out", default="preview.png", help="PNG path (default: preview.png)")
+    pv.set_defaults(func=_cmd_preview)
     return p
 
 
 def main(argv=None) -> int:
+    _prepare_triton()  # before build_parser: it imports the policies, which import triton
     args = build_parser().parse_args(argv)
-    _prepare_triton()
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:

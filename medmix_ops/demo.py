@@ -7,6 +7,7 @@
    Otsu mask and the ADM mix: second preview.
 3. A table of images/s per op and backend, with each backend's largest difference from the
    PyTorch reference.
+4. Every mixing policy on a SynthLesion batch (third preview) and the label-fidelity table.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from . import _backend
 from .ops import adm_mask, adm_mix, gaussian_blend, patch_ratio_pool, saliency, saliency_from_model
+from .models import BlobProbe
 from .viz import save_grid
 
 
@@ -50,29 +52,6 @@ def scan_like_pairs(n: int, size: int, seed: int = 0, device="cpu"):
         else:  # lesion-style ellipse
             masks[i, 0] = ((yy - cy) / hy) ** 2 + ((xx - cx) / hx) ** 2 <= 1
     return a.to(device), b.to(device), masks.to(device)
-
-
-class BlobProbe(torch.nn.Module):
-    """A hand-built 'classifier' that scores bright blobs (Laplacian-of-Gaussian filter, relu,
-    global pooling): gradient and Grad-CAM saliency of it point at blobs without any training."""
-
-    def __init__(self, sigma: float = 3.0):
-        super().__init__()
-        r = math.ceil(3 * sigma)
-        t = torch.arange(-r, r + 1, dtype=torch.float32)
-        yy, xx = torch.meshgrid(t, t, indexing="ij")
-        q = (xx ** 2 + yy ** 2) / (2 * sigma ** 2)
-        log = -(1 - q) * torch.exp(-q)  # negative LoG: positive on bright blobs
-        self.features = torch.nn.Conv2d(3, 2, 2 * r + 1, padding=r, bias=False)
-        with torch.no_grad():
-            self.features.weight.copy_(torch.stack([log - log.mean(), -(log - log.mean())])[:, None]
-                                       .expand(2, 3, 2 * r + 1, 2 * r + 1) / 3)
-        self.head = torch.nn.Linear(2, 2, bias=False)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.eye(2))
-
-    def forward(self, x):
-        return self.head(torch.relu(self.features(x)).mean(dim=(2, 3)))
 
 
 def _time(fn, budget_s: float, max_reps: int) -> list[float]:
@@ -141,8 +120,44 @@ def run_demo(out_dir: str = "demo_out", batch: int = 32, size: int = 128, sigma:
         if device == "cpu":
             previews += _previews(out_dir, a, b, mask, x_hat, perm, sigma)
     _print_table(rows, batch, size)
+    previews.append(_policy_preview(out_dir, seed))
+    fid = _fidelity(quick)
     print("\npreviews: " + ", ".join(previews))
-    return {"rows": rows, "previews": previews}
+    return {"rows": rows, "previews": previews, "fidelity": fid}
+
+
+def _policy_preview(out_dir: str, seed: int) -> str:
+    """Every policy on one SynthLesion batch: a row each (original | partner | weight | mixed)."""
+    from .data import SynthLesion
+    from .policies import POLICIES, make_policy
+    from .preview import policy_rows
+
+    ds = SynthLesion(16, size=96, seed=seed)  # 96 px: room for the soft-label captions
+    idx = list(range(16))
+    x, seg = ds.render(idx)
+    y = ds.labels[idx]
+    grid, caps, names = [], [], []
+    for name in POLICIES:
+        policy = make_policy(name, len(ds.classes), dataset=ds)
+        if hasattr(policy, "translator") and hasattr(policy.translator, "set_batch"):
+            policy.translator.set_batch(idx, y)
+        # the row of the first sample with a lesion, so that the mixing has evidence to move
+        g, c = policy_rows(policy, x, y, ds.classes, 16, seg=seg,
+                           generator=torch.Generator().manual_seed(seed))
+        r = next((k for k in range(len(g)) if int(y[policy.last["index_a"][k]]) != 0), 0)
+        grid.append(g[r]), caps.append(c[r]), names.append(name)
+    return save_grid(grid, os.path.join(out_dir, "preview_policies.png"),
+                     col_labels=["original", "partner", "weight of original", "mixed"],
+                     row_labels=names, captions=caps)
+
+
+def _fidelity(quick: bool) -> dict:
+    from .fidelity import format_table, run_fidelity
+
+    result = run_fidelity(n=128 if quick else 256, size=64, progress=False)
+    print("\nlabel fidelity on SynthLesion (soft label vs visible lesion evidence):")
+    print(format_table(result))
+    return result
 
 
 def _previews(out_dir, a, b, mask, x_hat, perm, sigma):

@@ -26,16 +26,20 @@ def to_uint8_image(x: torch.Tensor) -> np.ndarray:
 
 
 def save_grid(rows: Sequence[Sequence[torch.Tensor]], path: str, col_labels: Sequence[str] = (),
-              row_labels: Sequence[str] = (), pad: int = 4) -> str:
-    """Writes a grid of equally sized images with optional column and row labels; returns path.
-    The file is written to a temporary name first and renamed, so it is never half written."""
+              row_labels: Sequence[str] = (), pad: int = 4,
+              captions: Sequence[Sequence[str]] = ()) -> str:
+    """Writes a grid of equally sized images with optional column labels, row labels (under
+    each row's first cell) and per-cell captions (under each cell); returns path. The file is
+    written to a temporary name first and renamed, so it is never half written."""
     cells = [[to_uint8_image(img) for img in row] for row in rows]
     h, w = cells[0][0].shape[:2]
     label_h = 14 if col_labels else 0
     ncols = max(len(r) for r in cells)
-    cell_h = h + (12 if row_labels else 0)
+    cap_lines = max((len(c.split("\n")) for row in captions for c in row), default=0)
+    cell_h = h + (12 if row_labels else 0) + 11 * cap_lines
+    # light grey background: white cells (e.g. weight maps of 1) keep a visible edge
     canvas = Image.new("RGB", (ncols * (w + pad) + pad, label_h + len(cells) * (cell_h + pad) + pad),
-                       (255, 255, 255))
+                       (225, 225, 225))
     draw = ImageDraw.Draw(canvas)
     for j, text in enumerate(col_labels):
         draw.text((pad + j * (w + pad), 1), str(text), fill=(0, 0, 0))
@@ -45,6 +49,10 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor]], path: str, col_labels: Seq
             canvas.paste(Image.fromarray(img), (pad + j * (w + pad), y))
         if i < len(row_labels):
             draw.text((pad, y + h), str(row_labels[i]), fill=(0, 0, 0))
+        if i < len(captions):
+            top = y + h + (12 if row_labels else 0)
+            for j, text in enumerate(captions[i]):
+                draw.multiline_text((pad + j * (w + pad), top), str(text), fill=(0, 0, 0), spacing=1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
     canvas.save(tmp)

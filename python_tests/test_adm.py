@@ -172,6 +172,8 @@ def test_adm_mix_definition(device_backend, shape, dtype, channels_last):
     assert torch.equal(src, torch.where(k, x, other))  # mask pixels copied bit for bit
     assert torch.equal(ref, torch.where(k, other, x))
     assert torch.allclose(lams, 1 - area)
+    *_, written = adm_mix(x, x_hat, perm.to(device), lam, return_mask=True, backend=backend)
+    assert torch.equal(written, mask)
     assert_mask_matches(mask, numpy_score(x, x_hat), lam.tolist(), "adm_mix mask")
 
 
@@ -207,7 +209,8 @@ def test_opcheck(kernel_backend):
     torch.library.opcheck(ns.adm_apply.default, (x, x_hat, mm, thr, True))
     torch.library.opcheck(ns.adm_histogram.default, (x, x_hat, mm))
     perm = torch.tensor([1, 0], device=device)
-    torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, mm, thr))
+    torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, mm, thr, False))
+    torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, mm, thr, True))
 
 
 def test_torch_compile_fullgraph(device_backend):
@@ -271,4 +274,4 @@ def test_raw_op_refuses_out_of_range_perm():
     x = torch.rand(2, 1, 4, 4)
     mm = torch.ops.medmix.adm_minmax(x, x)
     with pytest.raises(RuntimeError, match="outside"):
-        torch.ops.medmix.adm_mix(x, x, torch.tensor([0, 5]), mm, torch.zeros(2))
+        torch.ops.medmix.adm_mix(x, x, torch.tensor([0, 5]), mm, torch.zeros(2), False)

@@ -192,10 +192,9 @@ at::Tensor adm_histogram_cpu(const at::Tensor& x, const at::Tensor& x_hat, const
   return hist;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(const at::Tensor& x, const at::Tensor& x_hat,
-                                                           const at::Tensor& perm_in,
-                                                           const at::Tensor& minmax_in,
-                                                           const at::Tensor& lam_in) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(
+    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm_in,
+    const at::Tensor& minmax_in, const at::Tensor& lam_in, bool write_mask) {
   check_adm_images(x, x_hat, "medmix::adm_mix");
   check_adm_minmax(x, minmax_in, "medmix::adm_mix");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -209,6 +208,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(const at::Tensor& x, 
   const int64_t T = adm_chunks(H, W);
   auto x_src = at::empty_like(x), x_ref = at::empty_like(x);
   auto count = at::empty({B, T}, x.options().dtype(at::kInt));
+  auto mask = at::empty(write_mask ? at::IntArrayRef{B, 1, H, W} : at::IntArrayRef{0},
+                        x.options().dtype(at::kFloat));
+  float* pk = write_mask ? mask.data_ptr<float>() : nullptr;
   const float* pm = minmax.data_ptr<float>();
   const float* pl = lam.data_ptr<float>();
   int32_t* pc = count.data_ptr<int32_t>();
@@ -241,6 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(const at::Tensor& x, 
             on_mask[k] = acc[k] >= t;
             n += on_mask[k];
           }
+          if (pk)
+            for (int64_t k = 0; k < len; ++k) pk[bi * H * W + k0 + k] = on_mask[k] ? 1.f : 0.f;
           for (int64_t c = 0; c < C; ++c) {
             const scalar_t* own = px + bi * sx.n + c * sx.c + k0;
             const scalar_t* other = px + pj * sx.n + c * sx.c + k0;
@@ -258,6 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(const at::Tensor& x, 
           const bool on = range > 0.f &&
                           adm_score(px + sx.at(bi, y, xx), sx.c, ph + sh.at(bi, y, xx), sh.c, C, lo, range) >= pl[bi];
           n += on;
+          if (pk) pk[bi * H * W + k] = on ? 1.f : 0.f;
           for (int64_t c = 0; c < C; ++c) {
             const scalar_t own = px[sx.at(bi, y, xx) + c * sx.c];
             const scalar_t other = px[sx.at(pj, y, xx) + c * sx.c];
@@ -269,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(const at::Tensor& x, 
       }
     });
   });
-  return {x_src, x_ref, count};
+  return {x_src, x_ref, count, mask};
 }
 
 }  // namespace

@@ -116,7 +116,8 @@ __global__ void __launch_bounds__(kThreads)
     adm_mix_kernel(const T* __restrict__ x, const T* __restrict__ xh,
                    const int64_t* __restrict__ perm, const float* __restrict__ minmax,
                    const float* __restrict__ lam, T* __restrict__ x_src, T* __restrict__ x_ref,
-                   int32_t* __restrict__ count, int64_t B, int64_t C, int64_t W, int64_t T_,
+                   int32_t* __restrict__ count, float* __restrict__ mask, int64_t B, int64_t C,
+                   int64_t W, int64_t T_,
                    int64_t HW, Strides4 sx, Strides4 sh, Strides4 ss, Strides4 sr) {
   const Chunk ch = chunk_of(T_, HW);
   float lo, range;
@@ -130,6 +131,7 @@ __global__ void __launch_bounds__(kThreads)
     const bool on = range > 0.f &&
                     adm_score(x + sx.at(ch.bi, y, xx), sx.c, xh + sh.at(ch.bi, y, xx), sh.c, C, lo, range) >= t;
     n += on;
+    if (mask != nullptr) mask[ch.bi * HW + k] = on ? 1.f : 0.f;
     for (int64_t c = 0; c < C; ++c) {
       const T own = x[sx.at(ch.bi, y, xx) + c * sx.c];
       const T other = x[sx.at(pj, y, xx) + c * sx.c];
@@ -204,10 +206,9 @@ at::Tensor adm_histogram_cuda(const at::Tensor& x, const at::Tensor& x_hat, cons
   return hist;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cuda(const at::Tensor& x, const at::Tensor& x_hat,
-                                                            const at::Tensor& perm_in,
-                                                            const at::Tensor& minmax_in,
-                                                            const at::Tensor& lam_in) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cuda(
+    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm_in,
+    const at::Tensor& minmax_in, const at::Tensor& lam_in, bool write_mask) {
   check_adm_images(x, x_hat, "medmix::adm_mix");
   check_adm_minmax(x, minmax_in, "medmix::adm_mix");
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3), T = adm_chunks(H, W);
@@ -220,15 +221,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cuda(const at::Tensor& x,
   const auto perm = perm_in.contiguous(), minmax = minmax_in.contiguous(), lam = lam_in.contiguous();
   auto x_src = at::empty_like(x), x_ref = at::empty_like(x);
   auto count = at::empty({B, T}, x.options().dtype(at::kInt));
+  auto mask = at::empty(write_mask ? at::IntArrayRef{B, 1, H, W} : at::IntArrayRef{0},
+                        x.options().dtype(at::kFloat));
   MEDMIX_ADM_DISPATCH(x, "adm_mix_cuda", [&] {
     adm_mix_kernel<scalar_t><<<launch_blocks(x), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         x.const_data_ptr<scalar_t>(), x_hat.const_data_ptr<scalar_t>(), perm.const_data_ptr<int64_t>(),
         minmax.const_data_ptr<float>(), lam.const_data_ptr<float>(), x_src.mutable_data_ptr<scalar_t>(),
-        x_ref.mutable_data_ptr<scalar_t>(), count.mutable_data_ptr<int32_t>(), B, x.size(1), W, T,
+        x_ref.mutable_data_ptr<scalar_t>(), count.mutable_data_ptr<int32_t>(),
+        write_mask ? mask.mutable_data_ptr<float>() : nullptr, B, x.size(1), W, T,
         H * W, strides_of(x), strides_of(x_hat), strides_of(x_src), strides_of(x_ref));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {x_src, x_ref, count};
+  return {x_src, x_ref, count, mask};
 }
 
 }  // namespace

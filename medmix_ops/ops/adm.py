@@ -61,7 +61,7 @@ def adm_mask(x: torch.Tensor, x_hat: torch.Tensor, lam=0.5, mode: str = "lambda"
 
 
 def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
-            backend: str = "auto", validate: bool = True):
+            return_mask: bool = False, backend: str = "auto", validate: bool = True):
     """VariMix bidirectional mixing through the ADM mask, fused (two kernels, no host sync).
 
     ``K = adm_mask(x, x_hat, lam)``; ``x_src' = K x + (1 - K) x[perm]``,
@@ -73,11 +73,13 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
         x: images ``Tensor[B, C, H, W]``; x_hat: ``x`` translated toward the partners' style.
         perm: partner index per sample, integer ``[B]`` in [0, B).
         lam: threshold, a float or per sample ``[B]`` in [0, 1].
+        return_mask: also return the mask K ``[B, 1, H, W]`` float32 (written by the same pass).
         validate: check CUDA ``perm`` / ``lam`` values (one host sync each); False skips it
             (the kernels clamp indices, so memory stays safe).
 
     Returns:
-        ``(x_src', x_ref', lam')``: two ``Tensor[B, C, H, W]`` like ``x`` and float32 ``[B]``.
+        ``(x_src', x_ref', lam')``: two ``Tensor[B, C, H, W]`` like ``x`` and float32 ``[B]``;
+        ``(x_src', x_ref', lam', mask)`` with ``return_mask``.
         Mask pixels are copied bit for bit. Not differentiable (inputs are detached).
     """
     _check_pair("adm_mix", x, x_hat)
@@ -85,13 +87,17 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
     perm_t = check_perm("adm_mix", perm, B, x.device, validate=validate)
     lam_t, _ = per_sample_values("adm_mix", "lam", lam, B, x.device, 0.0, 1.0, validate=validate)
     x, x_hat = x.detach(), x_hat.detach()
+    if not isinstance(return_mask, bool):
+        raise TypeError(f"adm_mix: return_mask must be a bool, got {type(return_mask).__name__}")
     which = _backend.resolve(OP, backend, x.device)
     if which == "reference":
-        return _ref.adm_mix(x, x_hat, perm_t, lam_t)
-    ns = _backend.ops_namespace(which)
-    minmax = ns.adm_minmax(x, x_hat)
-    x_src, x_ref, count = ns.adm_mix(x, x_hat, perm_t, minmax, lam_t)
-    return x_src, x_ref, 1.0 - count.sum(dim=1).float() / (H * W)
+        x_src, x_ref, lam2, mask = _ref.adm_mix(x, x_hat, perm_t, lam_t)
+    else:
+        ns = _backend.ops_namespace(which)
+        minmax = ns.adm_minmax(x, x_hat)
+        x_src, x_ref, count, mask = ns.adm_mix(x, x_hat, perm_t, minmax, lam_t, return_mask)
+        lam2 = 1.0 - count.sum(dim=1).float() / (H * W)
+    return (x_src, x_ref, lam2, mask) if return_mask else (x_src, x_ref, lam2)
 
 
 # ---- torch.library registration: Triton ops and fake kernels -----------------------------------
@@ -128,10 +134,11 @@ def _adm_histogram_triton(x: torch.Tensor, x_hat: torch.Tensor, minmax: torch.Te
 
 @torch.library.custom_op("medmix_triton::adm_mix", mutates_args=())
 def _adm_mix_triton(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, minmax: torch.Tensor,
-                    lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    lam: torch.Tensor, write_mask: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..triton import adm as tk
 
-    return tk.adm_mix(x, x_hat, perm, minmax, lam)
+    return tk.adm_mix(x, x_hat, perm, minmax, lam, write_mask)
 
 
 _backend.register_fake_both(
@@ -143,6 +150,8 @@ _backend.register_fake_both(
 _backend.register_fake_both(
     "adm_histogram", lambda x, x_hat, minmax: x.new_empty((x.shape[0], BINS), dtype=torch.int32))
 _backend.register_fake_both(
-    "adm_mix", lambda x, x_hat, perm, minmax, lam: (
+    "adm_mix", lambda x, x_hat, perm, minmax, lam, write_mask: (
         torch.empty_like(x), torch.empty_like(x),
-        x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32)))
+        x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32),
+        x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]) if write_mask else (0,),
+                    dtype=torch.float32)))

@@ -81,7 +81,8 @@ def adm_mask(x: torch.Tensor, x_hat: torch.Tensor, lam: torch.Tensor, mode: str 
 
 def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor):
     """VariMix bidirectional mixing: K = adm_mask(x, x_hat, lam);
-    x_src' = K x + (1 - K) x[perm], x_ref' = K x[perm] + (1 - K) x, lam' = 1 - mean(K)."""
+    x_src' = K x + (1 - K) x[perm], x_ref' = K x[perm] + (1 - K) x, lam' = 1 - mean(K).
+    Returns (x_src', x_ref', lam', K)."""
     mask, area = adm_mask(x, x_hat, lam, "lambda")
     k = mask.to(torch.float32)
     xs = x.float()
@@ -90,4 +91,4 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam: torch
     ref = k * xr + (1 - k) * xs
     if x.dtype == torch.uint8:  # a hard mask copies pixels: no rounding needed
         src, ref = src.round(), ref.round()
-    return src.to(x.dtype), ref.to(x.dtype), 1 - area
+    return src.to(x.dtype), ref.to(x.dtype), 1 - area, mask

@@ -95,9 +95,9 @@ def adm_histogram_kernel(x_ptr, h_ptr, minmax_ptr, hist_ptr, C, H, W,
 
 @triton.jit
 def adm_mix_kernel(x_ptr, h_ptr, perm_ptr, minmax_ptr, lam_ptr, src_ptr, ref_ptr, count_ptr,
-                   B, C, H, W, sx_n, sx_c, sx_h, sx_w, sh_n, sh_c, sh_h, sh_w,
+                   mask_ptr, B, C, H, W, sx_n, sx_c, sx_h, sx_w, sh_n, sh_c, sh_h, sh_w,
                    ss_n, ss_c, ss_h, ss_w, sr_n, sr_c, sr_h, sr_w,
-                   CHUNK: tl.constexpr, BLOCK_T: tl.constexpr):
+                   CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, WRITE_MASK: tl.constexpr):
     pid, bi, k, m, T = _chunk(H, W, CHUNK)
     y = k // W
     x = k % W
@@ -106,6 +106,8 @@ def adm_mix_kernel(x_ptr, h_ptr, perm_ptr, minmax_ptr, lam_ptr, src_ptr, ref_ptr
     lo, rng = _sample_range(minmax_ptr, bi, T, BLOCK_T)
     a = _score(x_ptr, h_ptr, bi, y, x, m, C, sx_n, sx_c, sx_h, sx_w, sh_n, sh_c, sh_h, sh_w, lo, rng)
     on = a >= tl.where(rng > 0, tl.load(lam_ptr + bi), 2.0)
+    if WRITE_MASK:
+        tl.store(mask_ptr + bi * H * W + k, on.to(tl.float32), mask=m)
     for c in range(C):
         own = tl.load(x_ptr + bi * sx_n + c * sx_c + y * sx_h + x * sx_w, mask=m, other=0)
         other = tl.load(x_ptr + pj * sx_n + c * sx_c + y * sx_h + x * sx_w, mask=m, other=0)
@@ -149,13 +151,15 @@ def adm_histogram(x, x_hat, minmax):
     return hist
 
 
-def adm_mix(x, x_hat, perm, minmax, lam):
+def adm_mix(x, x_hat, perm, minmax, lam, write_mask):
     B, T = _grid(x)
     _, C, H, W = x.shape
     x_src = torch.empty_like(x)
     x_ref = torch.empty_like(x)
     count = torch.empty((B, T), device=x.device, dtype=torch.int32)
+    mask = torch.empty((B, 1, H, W) if write_mask else (0,), device=x.device, dtype=torch.float32)
     adm_mix_kernel[(B * T,)](x, x_hat, perm.contiguous(), minmax.contiguous(), lam.contiguous(),
-                             x_src, x_ref, count, B, C, H, W, *x.stride(), *x_hat.stride(),
-                             *x_src.stride(), *x_ref.stride(), CHUNK=CHUNK, BLOCK_T=next_pow2(T))
-    return x_src, x_ref, count
+                             x_src, x_ref, count, mask if write_mask else count, B, C, H, W,
+                             *x.stride(), *x_hat.stride(), *x_src.stride(), *x_ref.stride(),
+                             CHUNK=CHUNK, BLOCK_T=next_pow2(T), WRITE_MASK=bool(write_mask))
+    return x_src, x_ref, count, mask

@@ -1,0 +1,105 @@
+"""Loaders for images the user already has: an ImageFolder tree (PNG / JPEG / TIFF / BMP, and
+DICOM through pydicom when it is installed) and single-file loading with clear errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+
+class UnreadableImageError(ValueError):
+    """A file that cannot be decoded as an image; the message names the file and the reason."""
+
+
+def load_image(path, channels: int = 3) -> torch.Tensor:
+    """One image file -> float32 [channels, H, W] in [0, 1]. DICOM pixel data is rescaled from
+    its own min / max (no window assumptions); 16-bit PNG / TIFF from their bit depth."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in DICOM_EXTENSIONS:
+            try:
+                import pydicom
+            except ImportError as e:
+                raise UnreadableImageError(f"{path}: DICOM needs pydicom (pip install pydicom)") from e
+            a = pydicom.dcmread(str(path)).pixel_array.astype(np.float64)
+            if a.ndim == 3 and a.shape[-1] not in (3, 4):  # a multi-frame series: first frame
+                a = a[0]
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I"):
+                    a = np.asarray(im, dtype=np.float64)
+                    a = a / (65535.0 if a.max() > 255 else 255.0)
+                else:
+                    a = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.float64) / 255.0
+    except UnreadableImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every decoder error becomes one clear message
+        raise UnreadableImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+    t = torch.from_numpy(np.ascontiguousarray(a)).float()
+    t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)[:3]
+    if t.shape[0] != channels:
+        t = t.mean(0, keepdim=True).expand(channels, -1, -1) if channels == 3 or t.shape[0] == 3 else t
+        t = t[:channels] if t.shape[0] > channels else t
+    return t.contiguous()
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """``root/<class>/<image>`` -> ``(image [C, size, size] float32 in [0, 1], label)``.
+
+    Classes are the sorted sub-folder names. ``size`` resizes (bilinear, antialiased). An
+    unreadable file raises ``UnreadableImageError`` naming it. With ``skip_bad=True`` the folder
+    is checked once up front, bad files are left out, and ``skipped`` lists them.
+    """
+
+    def __init__(self, root, size: int | None = None, channels: int = 3, skip_bad: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"ImageFolder: {self.root} is not a directory")
+        if channels not in (1, 3):
+            raise ValueError(f"ImageFolder: channels must be 1 or 3, got {channels}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"ImageFolder: size must be a positive int or None, got {size!r}")
+        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        if not self.classes:
+            raise ValueError(f"ImageFolder: {self.root} has no class sub-folders (expected root/<class>/<image>)")
+        exts = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
+        self.samples = [(f, c) for c, name in enumerate(self.classes)
+                        for f in sorted((self.root / name).rglob("*")) if f.suffix.lower() in exts]
+        if not self.samples:
+            raise ValueError(f"ImageFolder: no images with extensions {exts} under {self.root}")
+        self.size, self.channels = size, channels
+        self.skipped: list[str] = []
+        if skip_bad:
+            good = []
+            for f, c in self.samples:
+                try:
+                    load_image(f, channels)
+                    good.append((f, c))
+                except UnreadableImageError as e:
+                    self.skipped.append(str(e))
+            self.samples = good
+            if not good:
+                raise ValueError(f"ImageFolder: every image under {self.root} is unreadable")
+        self.labels = torch.tensor([c for _, c in self.samples], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        f, c = self.samples[i]
+        img = load_image(f, self.channels)
+        if self.size is not None and img.shape[-2:] != (self.size, self.size):
+            img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear",
+                                align_corners=False, antialias=True)[0].clamp(0, 1)
+        return img, c

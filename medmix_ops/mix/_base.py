@@ -1,0 +1,237 @@
+"""The contract every mixing policy shares.
+
+``policy(x, y, generator=None, seg=None) -> (x_mix, y_soft)`` (``(x_mix, y_soft, seg_mix)`` with
+``seg``), timm ``Mixup`` conventions for labels. A policy only implements ``_sample`` (draw
+its randomness on the host) and ``_mix`` (mix on the images' device with medmix_ops.ops); this
+module handles validation, targets, partners, lam, ``prob``, segmentation masks and
+``policy.last``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .._validation import IMAGE_DTYPES
+
+MODES = ("batch", "elem")
+PARTNERS = ("randperm", "flip", "class_balanced")
+
+
+def one_hot_targets(y: torch.Tensor, num_classes: int, smoothing: float, device) -> torch.Tensor:
+    """timm's mixup_target convention: integer labels -> one-hot with off = smoothing / K and
+    on = 1 - smoothing + off; [B, K] soft / one-hot / multi-label targets pass through."""
+    if y.dim() == 1:
+        off = smoothing / num_classes
+        # A comparison, not scatter / F.one_hot: an unchecked out-of-range label on a GPU can
+        # never raise a device assert (its row is all `off`).
+        hit = y.to(device=device, dtype=torch.long)[:, None] == torch.arange(num_classes, device=device)
+        return torch.where(hit, 1.0 - smoothing + off, off).to(torch.float32)
+    return y.to(device=device, dtype=torch.float32)
+
+
+class MixPolicy(torch.nn.Module):
+    """Base class. Args shared by every policy:
+
+    num_classes: K of the soft targets ``[B, K]``.
+    alpha: Beta(alpha, alpha) concentration of lam (policies that draw one).
+    label_smoothing: timm's label smoothing of integer labels.
+    prob: probability of mixing a batch (else the batch passes with its smoothed targets).
+    mode: ``"batch"`` (one lam / geometry per batch) or ``"elem"`` (per sample).
+    partner: ``"randperm"`` (default), ``"flip"`` (timm's ``x.flip(0)``) or
+        ``"class_balanced"`` (partners drawn with probability proportional to 1 / the
+        frequency of their class in the batch: tail-biased, for long-tailed data).
+    backend: passed to the fused ops.
+
+    After each call ``policy.last`` holds what was done: ``index_a`` / ``index_b`` (anchor and
+    partner rows of the input batch per output row; -1 for a synthetic partner), ``weight_a``
+    (per-pixel weight of the anchor, ``[B', 1, H, W]``), ``lam`` (label weight of the anchor
+    per output row) and policy-specific entries.
+    """
+
+    name = "mix"
+    uses_lam = True
+
+    def __init__(self, num_classes: int, *, alpha: float = 1.0, label_smoothing: float = 0.0,
+                 prob: float = 1.0, mode: str = "batch", partner: str = "randperm",
+                 backend: str = "auto"):
+        super().__init__()
+        cls = type(self).__name__
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"{cls}: num_classes must be an int >= 1, got {num_classes!r}")
+        for name, v, lo, hi, lo_open in (("alpha", alpha, 0.0, math.inf, True),
+                                         ("label_smoothing", label_smoothing, 0.0, 1.0, False),
+                                         ("prob", prob, 0.0, 1.0, False)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"{cls}: {name} must be a number, got {type(v).__name__}")
+            if not (math.isfinite(v) or v == math.inf) or v < lo or v > hi or (lo_open and v <= lo):
+                raise ValueError(f"{cls}: {name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
+        if mode not in MODES:
+            raise ValueError(f"{cls}: mode must be one of {MODES}, got {mode!r}")
+        if partner not in PARTNERS:
+            raise ValueError(f"{cls}: partner must be one of {PARTNERS}, got {partner!r}")
+        self.num_classes = num_classes
+        self.alpha = float(alpha)
+        self.label_smoothing = float(label_smoothing)
+        self.prob = float(prob)
+        self.mode = mode
+        self.partner = partner
+        self.backend = backend
+        self.last: dict = {}
+
+    # ---- the public call -------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+                seg: torch.Tensor | None = None, **overrides):
+        """Mixes a batch. x: images ``[B, C, H, W]`` (float or uint8); y: integer labels ``[B]``
+        or targets ``[B, K]``; generator: a CPU ``torch.Generator`` (same state -> same result);
+        seg: masks ``[B, 1, H, W]`` or ``[B, H, W]`` mixed with the images' per-pixel weights.
+        Returns ``(x_mix, y_soft [B', K])``, plus ``seg_mix`` when seg is given."""
+        cls = type(self).__name__
+        self._check_inputs(x, y, generator)
+        seg4 = self._check_seg(seg, x)
+        B = x.shape[0]
+        targets = self.targets_of(y, x.device)
+        labels = (y if y.dim() == 1 else y.argmax(dim=1)).to(device=x.device, dtype=torch.long)
+        # Class counts are needed on the host only for class-balanced partners (one sync
+        # when the labels live on a GPU); every other path stays on the device.
+        labels_host = labels.cpu() if self.partner == "class_balanced" else None
+        rng = _host_rng(generator)
+        if B == 1 or rng.random() >= self.prob:
+            self.last = dict(applied=False, index_a=torch.arange(B), index_b=torch.arange(B),
+                             lam=torch.ones(B), weight_a=None)
+            return (x, targets) if seg is None else (x, targets, seg)
+        try:
+            params = self._sample(B, labels_host, rng, x, **overrides)
+        except TypeError as e:
+            raise TypeError(f"{cls}: {e}") from None
+        out = self._mix(x, targets, labels, params)
+        self.last = {"applied": True, **params, **out}  # out's lam (the label weight) wins
+        if seg is None:
+            return out["x"], out["y"]
+        return out["x"], out["y"], self._mix_seg(seg4, seg, out)
+
+    __call__ = torch.nn.Module.__call__
+
+    # ---- to implement ----------------------------------------------------------------------
+
+    def _sample(self, B: int, labels: torch.Tensor, rng: np.random.Generator, x, **overrides) -> dict:
+        raise NotImplementedError
+
+    def _mix(self, x, targets, labels, params) -> dict:
+        """Returns dict(x=..., y=..., index_a=..., index_b=..., weight_a=..., lam=...,
+        hard=bool: weight_a only holds 0 and 1, by construction)."""
+        raise NotImplementedError
+
+    # ---- helpers for policies --------------------------------------------------------------
+
+    def targets_of(self, y: torch.Tensor, device) -> torch.Tensor:
+        return one_hot_targets(y, self.num_classes, self.label_smoothing, device)
+
+    def sample_partners(self, B: int, labels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if self.partner == "flip":
+            return torch.arange(B - 1, -1, -1)
+        if self.partner == "randperm":
+            return torch.from_numpy(rng.permutation(B)).long()
+        counts = np.bincount(labels.numpy(), minlength=self.num_classes).astype(np.float64)
+        weight = 1.0 / counts[labels.numpy()]
+        out = np.empty(B, dtype=np.int64)
+        for i in range(B):  # B small numbers on the host: never a device loop
+            w = weight.copy()
+            w[i] = 0.0  # never yourself
+            out[i] = rng.choice(B, p=w / w.sum())
+        return torch.from_numpy(out)
+
+    def sample_lam(self, B: int, rng: np.random.Generator, lam=None) -> torch.Tensor:
+        """lam per output row [B] (float64 on the host), Beta(alpha, alpha) per batch or per
+        sample; an explicit lam (float or [B]) overrides."""
+        if lam is not None:
+            t = torch.as_tensor(lam, dtype=torch.float64).reshape(-1)
+            if t.numel() == 1:
+                t = t.expand(B)
+            if t.numel() != B or bool(((t < 0) | (t > 1)).any()):
+                raise ValueError(f"lam must be a float or [B] = [{B}] in [0, 1], got {lam!r}")
+            return t.clone()
+        n = B if self.mode == "elem" else 1
+        return torch.from_numpy(rng.beta(self.alpha, self.alpha, size=n)).expand(B).clone()
+
+    @staticmethod
+    def mix_targets(t: torch.Tensor, index_a, index_b, lam: torch.Tensor,
+                    t_b: torch.Tensor | None = None) -> torch.Tensor:
+        """lam * t[a] + (1 - lam) * t[b] (t_b: the partner targets when they are not rows of t)."""
+        lam = lam.to(device=t.device, dtype=torch.float32)[:, None]
+        tb = t[index_b.to(t.device)] if t_b is None else t_b
+        return lam * t[index_a.to(t.device)] + (1 - lam) * tb
+
+    # ---- validation and segmentation masks --------------------------------------------------
+
+    def _check_inputs(self, x, y, generator) -> None:
+        cls = type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{cls}: x must be images [B, C, H, W], got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        if x.dtype not in IMAGE_DTYPES:
+            raise TypeError(f"{cls}: x must be float or uint8 images, got {x.dtype}")
+        if x.shape[0] < 1:
+            raise ValueError(f"{cls}: x must hold at least one image, got shape {list(x.shape)}")
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"{cls}: y must be a tensor of labels [B] or targets [B, K], got {type(y).__name__}")
+        B = x.shape[0]
+        if y.dim() == 1:
+            if y.dtype.is_floating_point or y.dtype == torch.bool or y.shape[0] != B:
+                raise ValueError(f"{cls}: integer labels y must be [B] = [{B}] ints, got {y.dtype} {list(y.shape)}")
+            # Checked when the labels are on the CPU (free); labels on a GPU are trusted (a check
+            # would cost a host sync per batch).
+            yc = y.detach()
+            if yc.device.type == "cpu" and bool(((yc < 0) | (yc >= self.num_classes)).any()):
+                raise ValueError(f"{cls}: labels must be in [0, num_classes = {self.num_classes}), got "
+                                 f"min {int(yc.min())}, max {int(yc.max())}")
+        elif y.dim() == 2:
+            if y.shape != (B, self.num_classes) or not y.dtype.is_floating_point:
+                raise ValueError(f"{cls}: targets y must be float [B, K] = [{B}, {self.num_classes}], "
+                                 f"got {y.dtype} {list(y.shape)}")
+        else:
+            raise ValueError(f"{cls}: y must be labels [B] or targets [B, K], got shape {list(y.shape)}")
+        if generator is not None and (not isinstance(generator, torch.Generator)
+                                      or generator.device.type != "cpu"):
+            raise TypeError(f"{cls}: generator must be a CPU torch.Generator (randomness is drawn "
+                            f"on the host, never with a device sync), got {generator!r}")
+
+    def _check_seg(self, seg, x):
+        if seg is None:
+            return None
+        cls = type(self).__name__
+        if not isinstance(seg, torch.Tensor):
+            raise TypeError(f"{cls}: seg must be a tensor [B, 1, H, W] or [B, H, W], got {type(seg).__name__}")
+        B, _, H, W = x.shape
+        seg4 = seg[:, None] if seg.dim() == 3 else seg
+        if seg4.dim() != 4 or tuple(seg4.shape) != (B, 1, H, W):
+            raise ValueError(f"{cls}: seg must be [B, 1, H, W] or [B, H, W] = [{B}, ..., {H}, {W}], "
+                             f"got {list(seg.shape)}")
+        if seg4.device != x.device:
+            raise ValueError(f"{cls}: seg must be on {x.device} like x, got {seg.device}")
+        return seg4
+
+    def _mix_seg(self, seg4, seg, out):
+        """Masks follow the images: seg_a where the anchor's weight is 1, seg_b where it is 0;
+        soft weights give float masks (weight-averaged)."""
+        w = out["weight_a"]
+        a = seg4[out["index_a"].to(seg4.device)]
+        ib = out["index_b"].to(seg4.device)
+        b = out.get("seg_b")
+        if b is None:
+            b = torch.where((ib >= 0).view(-1, 1, 1, 1), seg4[ib.clamp(min=0)], torch.zeros_like(a))
+        if out.get("hard", False):
+            mixed = torch.where(w.bool(), a, b.to(a.dtype))
+        else:
+            mixed = w * a.float() + (1 - w) * b.float()
+        return mixed[:, 0] if seg.dim() == 3 else mixed
+
+
+def _host_rng(generator: torch.Generator | None) -> np.random.Generator:
+    """A numpy Generator seeded from the torch generator (or torch's global RNG): all of a
+    policy's randomness is drawn on the host, so the same generator state gives the same
+    result on any device, with no device sync."""
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    return np.random.default_rng(seed)

@@ -1,0 +1,123 @@
+"""GenMix (Lee et al.): mixup between real images and a generator's synthetic images."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..ops import gaussian_blend
+from ._base import MixPolicy
+
+
+class SyntheticFolder:
+    """A folder of synthetic images as a generator: ``root/<class>/*.png|jpg`` where <class> is
+    the class index (``0``, ``1``, ...) or a class name from ``class_names`` (as ``medmix sample``
+    writes them). Calling it with labels returns one random image of each requested class."""
+
+    EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+    def __init__(self, root, class_names=None, channels: int = 3):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"SyntheticFolder: {root} is not a directory")
+        self.root, self.channels = root, channels
+        self.files: dict[int, list[Path]] = {}
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+            if d.name.isdigit():
+                c = int(d.name)
+            elif class_names is not None and d.name in class_names:
+                c = list(class_names).index(d.name)
+            else:
+                raise ValueError(f"SyntheticFolder: {d} is neither a class index nor a known class name")
+            files = sorted(f for f in d.iterdir() if f.suffix.lower() in self.EXTENSIONS)
+            if files:
+                self.files[c] = files
+        if not self.files:
+            raise ValueError(f"SyntheticFolder: no images under {root}/<class>/")
+
+    def __call__(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        from ..data.folder import load_image
+
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        rng = np.random.default_rng(seed)
+        out = []
+        for c in labels.tolist():
+            if c not in self.files:
+                raise ValueError(f"SyntheticFolder: no synthetic images of class {c} under {self.root}")
+            out.append(load_image(self.files[c][rng.integers(len(self.files[c]))], self.channels))
+        size = out[0].shape[-2:]
+        out = [o if o.shape[-2:] == size else F.interpolate(o[None], size=size, mode="bilinear",
+                                                              align_corners=False)[0] for o in out]
+        return torch.stack(out)
+
+
+class GenMix(MixPolicy):
+    """``GenMix(num_classes, generator, alpha=1.0, pair="same_class", ...)``.
+
+    Mixup between each real image and a synthetic image:
+    ``x = lam x_real + (1 - lam) x_syn``, with lam ~ Beta(alpha, alpha).
+
+    - ``generator``: ``callable(labels [B] LongTensor, generator=torch.Generator) -> images``,
+      such as the class-conditional DCGAN / DDPM from ``medmix train-generator`` or any
+      callable, optionally returning ``(images, masks)``. It may also be a folder of synthetic
+      images (``SyntheticFolder``, a path).
+    - Synthetic images are resized to x's size and moved to its device and dtype.
+    - ``pair="same_class"``: the synthetic image has the real one's class, so the label is
+      unchanged.
+    - ``pair="random"``: it has a uniformly drawn class, and the soft label is
+      ``lam y + (1 - lam) y_syn``.
+    """
+
+    name = "genmix"
+
+    def __init__(self, num_classes: int, generator, *, pair: str = "same_class", **kwargs):
+        super().__init__(num_classes, **kwargs)
+        if isinstance(generator, (str, os.PathLike)):
+            generator = SyntheticFolder(generator)
+        if not callable(generator):
+            raise TypeError(f"GenMix: generator must be callable(labels) -> images or a folder, got "
+                            f"{type(generator).__name__}")
+        if pair not in ("same_class", "random"):
+            raise ValueError(f"GenMix: pair must be 'same_class' or 'random', got {pair!r}")
+        self.generator, self.pair = generator, pair
+
+    def _sample(self, B, labels, rng, x, lam=None):
+        classes = (torch.from_numpy(rng.integers(0, self.num_classes, size=B)).long()
+                   if self.pair == "random" else None)
+        return dict(lam=self.sample_lam(B, rng, lam), syn_classes=classes,
+                    gen_seed=int(rng.integers(0, 2 ** 62)))
+
+    def _mix(self, x, targets, labels, p):
+        B, C, H, W = x.shape
+        syn = labels if p["syn_classes"] is None else p["syn_classes"].to(x.device)
+        g = torch.Generator().manual_seed(p["gen_seed"])
+        out = self.generator(syn, generator=g)
+        seg_b = None
+        if isinstance(out, tuple):
+            out, seg_b = out
+        if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != B:
+            raise ValueError(f"GenMix: the generator must return images [B = {B}, C, h, w], got "
+                             f"{getattr(out, 'shape', type(out).__name__)}")
+        x_syn = out.to(device=x.device)
+        if x_syn.shape[1] != C:
+            if x_syn.shape[1] != 1:
+                raise ValueError(f"GenMix: synthetic images have {x_syn.shape[1]} channels, x has {C}")
+            x_syn = x_syn.expand(B, C, *x_syn.shape[-2:])
+        if x_syn.shape[-2:] != (H, W):
+            x_syn = F.interpolate(x_syn.float(), size=(H, W), mode="bilinear", align_corners=False)
+            if seg_b is not None:
+                seg_b = F.interpolate(seg_b.float(), size=(H, W), mode="nearest")
+        x_syn = x_syn.to(x.dtype)
+        lam = p["lam"].float()
+        w = lam.to(x.device).view(B, 1, 1, 1).expand(B, 1, H, W)
+        mixed, _ = gaussian_blend(x, x_syn, w, 0.0, backend=self.backend)
+        t_syn = self.targets_of(syn, x.device)
+        a = torch.arange(B)
+        y = self.mix_targets(targets, a, a, lam, t_b=t_syn)
+        return dict(x=mixed, y=y, index_a=a, index_b=torch.full((B,), -1), weight_a=w,
+                    lam=lam, hard=False, seg_b=None if seg_b is None else seg_b.to(x.device),
+                    x_syn=x_syn, syn_classes=syn)

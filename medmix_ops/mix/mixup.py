@@ -1,0 +1,33 @@
+"""Mixup (Zhang et al. 2018): x = lam x_a + (1 - lam) x_b, the same lam for the targets."""
+from __future__ import annotations
+
+import torch
+
+from ..ops import gaussian_blend
+from ._base import MixPolicy
+
+
+class Mixup(MixPolicy):
+    """``Mixup(num_classes, alpha=1.0, ...)``: lam ~ Beta(alpha, alpha) per batch (or per sample
+    with ``mode="elem"``). With ``partner="flip"`` and the same lam its images and soft targets
+    equal timm's ``Mixup(mixup_alpha=alpha, cutmix_alpha=0)``. ``policy(x, y, lam=0.3)`` forces
+    lam.
+
+    >>> mix = Mixup(num_classes=4, alpha=0.4)
+    >>> x_mix, y_soft = mix(images, labels)
+    """
+
+    name = "mixup"
+
+    def _sample(self, B, labels, rng, x, lam=None):
+        return dict(perm=self.sample_partners(B, labels, rng), lam=self.sample_lam(B, rng, lam))
+
+    def _mix(self, x, targets, labels, p):
+        B, _, H, W = x.shape
+        perm, lam = p["perm"], p["lam"].float()
+        a = torch.arange(B)
+        # lam as a per-sample, broadcast (not materialised) mask of the fused blend
+        w = lam.to(x.device).view(B, 1, 1, 1).expand(B, 1, H, W)
+        out, _ = gaussian_blend(x, x[perm.to(x.device)], w, 0.0, backend=self.backend)
+        return dict(x=out, y=self.mix_targets(targets, a, perm, lam), index_a=a, index_b=perm,
+                    weight_a=w, lam=lam, hard=False)
