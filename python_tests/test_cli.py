@@ -23,6 +23,7 @@ def test_demo_writes_preview_and_table(tmp_path, capsys):
         assert im.size[0] > 5 * 32 and im.size[1] > 4 * 32  # 5 columns x 4 rows of 32 px
     with Image.open(tmp_path / "preview_ops.png") as im:
         assert im.size[0] > 8 * 32 and im.size[1] > 4 * 32  # image, 4 saliency maps, ADM, Otsu, mix
+    assert (tmp_path / "preview_policies.png").exists() and "label fidelity" in printed
 
 
 def test_demo_bad_argument_is_one_line_error(tmp_path, capsys):
@@ -53,3 +54,31 @@ def test_console_module_entry_point_runs():
                          text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "triton" in res.stdout
+
+
+def test_fidelity_command_writes_json_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "f.json", tmp_path / "f.png"
+    rc = cli.main(["fidelity", "--n", "32", "--size", "32", "--batch", "16", "--json", str(js),
+                   "--plot", str(png), "--policies", "mixup", "cutmix"])
+    assert rc == 0
+    import json
+
+    data = json.loads(js.read_text())
+    assert set(data["policies"]) == {"mixup", "cutmix"} and "label_mismatch" in data["policies"]["cutmix"]
+    assert png.exists() and "label mismatch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("policy", ["saliencymix", "varimix", "genmix"])
+def test_preview_command(tmp_path, policy):
+    out = tmp_path / "grid.png"
+    assert cli.main(["preview", "--policy", policy, "--n", "3", "--size", "32", "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size[0] > 4 * 32
+
+
+def test_preview_of_a_folder_without_a_generator_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "y.png")
+    rc = cli.main(["preview", "--policy", "varimix", "--data", str(tmp_path), "-o", str(tmp_path / "g.png")])
+    assert rc == 2 and "varimix needs a translator" in capsys.readouterr().err

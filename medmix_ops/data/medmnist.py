@@ -27,6 +27,10 @@ class MedMNIST(torch.utils.data.Dataset):
                 images, labels = z[f"{split}_images"], z[f"{split}_labels"]
         except FileNotFoundError:
             raise FileNotFoundError(f"MedMNIST: {path} does not exist") from None
+        except ValueError as e:
+            if str(e).startswith("MedMNIST:"):
+                raise
+            raise ValueError(f"MedMNIST: {path} is not a readable .npz file ({e})") from e
         except (OSError, EOFError) as e:
             raise ValueError(f"MedMNIST: {path} is not a readable .npz file ({e})") from e
         if images.ndim not in (3, 4) or images.shape[0] != labels.shape[0]:

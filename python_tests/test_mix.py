@@ -1,0 +1,321 @@
+"""Mixing policies: timm parity, the shared contract (targets, odd batches, B = 1, seg masks,
+multi-label, determinism), each seed policy's defining behaviour, and bad input."""
+import numpy as np
+import pytest
+import torch
+
+from medmix_ops import mix
+from medmix_ops.data import SynthLesion
+from medmix_ops.models.probe import LesionProbe
+from medmix_ops.policies import POLICIES, make_policy
+
+K = 4
+
+
+def batch(B=6, size=32, seed=0):
+    ds = SynthLesion(max(B, 2), size=size, seed=seed)
+    idx = list(range(B))
+    x, seg = ds.render(idx)
+    return ds, idx, x, ds.labels[idx], seg
+
+
+def build(name, ds, **kw):
+    p = make_policy(name, K, dataset=ds, **kw)
+    return p
+
+
+def run(p, ds, idx, x, y, seg=None, seed=0, **kw):
+    if isinstance(p, mix.VariMix):
+        p.translator.set_batch(idx, y)
+    return p(x, y, generator=torch.Generator().manual_seed(seed), seg=seg, **kw)
+
+
+# ---- timm parity -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_timm_parity(kind, smoothing):
+    timm_mixup = pytest.importorskip("timm.data.mixup")
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 24, 20)
+    y = torch.randint(0, 10, (8,))
+    t = timm_mixup.Mixup(mixup_alpha=1.0 if kind == "mixup" else 0.0,
+                         cutmix_alpha=1.0 if kind == "cutmix" else 0.0,
+                         label_smoothing=smoothing, num_classes=10)
+    for seed in range(5):
+        np.random.seed(seed)  # replay timm's draws to learn its lam and box
+        lam, use_cutmix = t._params_per_batch()
+        box = None
+        if use_cutmix:
+            box, lam = timm_mixup.cutmix_bbox_and_lam(x.shape, lam, correct_lam=True)
+        np.random.seed(seed)
+        want_x, want_y = t(x.clone(), y.clone())
+        ours = (mix.Mixup if kind == "mixup" else mix.CutMix)(10, label_smoothing=smoothing, partner="flip")
+        kw = dict(lam=lam) if box is None else dict(lam=lam, box=box)
+        got_x, got_y = ours(x, y, **kw)
+        assert torch.allclose(got_x, want_x, atol=1e-6), (seed, (got_x - want_x).abs().max())
+        assert torch.allclose(got_y, want_y, atol=1e-6)
+        if box is not None:  # a hard box: pixels copied exactly
+            assert torch.equal(got_x, want_x)
+
+
+# ---- the shared contract -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_contract(name):
+    ds, idx, x, y, seg = batch(B=5)  # odd batch
+    p = build(name, ds)
+    out_x, out_y, out_seg = run(p, ds, idx, x, y, seg)
+    rows = 10 if name == "varimix" else 5
+    assert out_x.shape == (rows, 3, 32, 32) and out_x.dtype == x.dtype
+    assert out_y.shape == (rows, K)
+    assert torch.allclose(out_y.sum(1), torch.ones(rows), atol=1e-5)
+    assert (out_y >= 0).all() and torch.isfinite(out_x).all()
+    assert out_seg.shape == (rows, 1, 32, 32)
+    last = p.last
+    assert last["applied"] and last["index_a"].shape == (rows,) and last["weight_a"].shape[0] == rows
+    w = last["weight_a"]
+    assert ((w >= 0) & (w <= 1)).all()
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_same_generator_same_result(name):
+    ds, idx, x, y, seg = batch(B=6)
+    a = run(build(name, ds), ds, idx, x, y, seed=3)
+    b = run(build(name, ds), ds, idx, x, y, seed=3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_batch_of_one_returns_input_with_smoothed_targets(name):
+    ds, idx, x, y, seg = batch(B=2)
+    p = build(name, ds, label_smoothing=0.1)
+    out_x, out_y = p(x[:1], y[:1])
+    assert torch.equal(out_x, x[:1]) and not p.last["applied"]
+    want = torch.full((1, K), 0.1 / K)
+    want[0, y[0]] = 0.9 + 0.1 / K
+    assert torch.allclose(out_y, want)
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix", "saliencymix", "spmix", "varimix", "genmix"])
+def test_seg_masks_follow_the_image_weights(name):
+    ds, idx, x, y, seg = batch(B=6)
+    p = build(name, ds)
+    _, _, out_seg = run(p, ds, idx, x, y, seg)
+    last = p.last
+    a = seg[last["index_a"]]
+    ib = last["index_b"]
+    b = last["seg_b"] if last.get("seg_b") is not None else seg[ib.clamp(min=0)]
+    w = last["weight_a"]
+    if last["hard"]:
+        assert torch.equal(out_seg, torch.where(w.bool(), a, b))
+    else:
+        assert torch.allclose(out_seg, w * a + (1 - w) * b, atol=1e-6)
+    # [B, H, W] masks come back as [B, H, W]
+    _, _, flat = run(build(name, ds), ds, idx, x, y, seg[:, 0])
+    assert flat.dim() == 3
+
+
+def test_multi_label_targets_mix_linearly():
+    x = torch.rand(6, 3, 16, 16)
+    y = (torch.rand(6, 5) > 0.5).float()  # multi-label: rows need not sum to 1
+    p = mix.Mixup(5, partner="flip")
+    _, out = p(x, y, lam=0.3)
+    assert torch.allclose(out, 0.3 * y + 0.7 * y.flip(0))
+    assert ((out >= 0) & (out <= 1)).all()
+
+
+def test_prob_zero_never_mixes():
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    p = mix.CutMix(4, prob=0.0)
+    out_x, _ = p(x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out_x, x) and not p.last["applied"]
+
+
+def test_elem_mode_draws_per_sample_lam():
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
+    p = mix.Mixup(4, mode="elem")
+    p(x, y, generator=torch.Generator().manual_seed(0))
+    assert p.last["lam"].unique().numel() == 8
+
+
+def test_class_balanced_partners_favour_the_tail():
+    labels = torch.tensor([0] * 30 + [1] * 2)
+    p = mix.Mixup(2, partner="class_balanced")
+    rng = np.random.default_rng(0)
+    picks = torch.cat([p.sample_partners(32, labels, rng) for _ in range(50)])
+    tail_share = (labels[picks] == 1).float().mean()
+    assert tail_share > 0.4  # 2 of 32 images, drawn about half the time
+
+
+# ---- seed policies ----------------------------------------------------------------------------------
+
+def test_saliencymix_box_is_centred_on_the_partner_saliency_peak():
+    ds, idx, x, y, seg = batch(B=4, size=48)
+    p = mix.SaliencyMix(K, per_sample=True, partner="flip")
+    p(x, y, lam=0.6)
+    s = p.last["saliency"]
+    boxes = p.last["boxes"]
+    for i in range(4):
+        peak = int(s[i].flatten().argmax())
+        cy, cx = peak // 48, peak % 48
+        yl, yh, xl, xh = boxes[i].tolist()
+        assert yl <= cy <= yh and xl <= cx <= xh
+    assert torch.allclose(p.last["lam"], 1 - (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2]) / 48 ** 2)
+    # per_sample=False: one saliency map and one box for the whole batch (the official code)
+    q = mix.SaliencyMix(K, per_sample=False)
+    q(x, y, generator=torch.Generator().manual_seed(0))
+    assert q.last["saliency"].shape[0] == 1 and (q.last["boxes"] == q.last["boxes"][0]).all()
+
+
+def test_spmix_ratios_and_tail_orientation():
+    ds = SynthLesion(8, size=32, seed=0)
+    x, _ = ds.render(list(range(8)))
+    y = torch.tensor([0, 0, 0, 0, 0, 0, 3, 3])  # class 3 is the tail of this batch
+    p = mix.SPMix(K, patch=8, alpha=0.8)
+    out_x, out_y = p(x, y, generator=torch.Generator().manual_seed(0))
+    r = p.last["ratios"]
+    assert ((r >= 0.5 - 1e-6) & (r <= 0.8 + 1e-6)).all()
+    tail = p.last["index_a"]
+    assert (out_y.argmax(1) == y[tail]).all()  # label="keep": the tail's label
+    head = p.last["index_b"]
+    for i in range(8):  # every pair containing a tail image is oriented with the tail as anchor
+        if 3 in (int(y[tail[i]]), int(y[head[i]])):
+            assert int(y[tail[i]]) == 3
+    soft = mix.SPMix(K, patch=8, label="soft")
+    _, ys = soft(x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ys.sum(1), torch.ones(8))
+
+
+def test_spmix_feature_hook_mixes_vit_tokens():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=K, img_size=32, depth=1).eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    plain_tokens = model.patch_embed(x).detach()
+    plain_logits = model(x).detach()
+    policy = mix.SPMix(K, partner="flip")
+    hook = mix.SPMixFeatureHook(model, policy)
+    x_in, y_soft = hook(x, y)
+    assert torch.equal(x_in, x) and torch.allclose(y_soft.sum(1), torch.ones(4))
+    tail, head, r = policy.last["index_a"], policy.last["index_b"], policy.last["ratios"]
+    assert r.shape == (4, 2, 2)  # the 32 px / 16 px token grid
+    seen = {}
+    probe = model.patch_embed.register_forward_hook(lambda m, i, o: seen.update(t=o), prepend=False)
+    logits = model(x_in)
+    probe.remove()
+    w = r.reshape(4, -1, 1)
+    # our hook ran first (registered first), so the recorded output is the mixed token grid
+    assert torch.allclose(seen["t"], w * plain_tokens[tail] + (1 - w) * plain_tokens[head], atol=1e-5)
+    assert not torch.allclose(logits, plain_logits)
+    assert torch.allclose(model(x), plain_logits, atol=1e-6)  # disarmed after one forward pass
+    hook.remove()
+
+
+def test_varimix_bidirectional_outputs_and_labels():
+    ds, idx, x, y, seg = batch(B=6, size=48)
+    p = build("varimix", ds, partner="flip")
+    out_x, out_y = run(p, ds, idx, x, y, lam=0.2)
+    k, perm = p.last["mask"], torch.arange(5, -1, -1)
+    assert torch.equal(out_x[:6], torch.where(k.bool(), x, x[perm]))
+    assert torch.equal(out_x[6:], torch.where(k.bool(), x[perm], x))
+    area = k.mean(dim=(1, 2, 3))
+    onehot = torch.nn.functional.one_hot(y, K).float()
+    assert torch.allclose(out_y[:6], area[:, None] * onehot + (1 - area[:, None]) * onehot[perm], atol=1e-6)
+
+
+def test_meddiffusemix_keeps_labels_and_reports_the_check():
+    ds, idx, x, y, seg = batch(B=6, size=48)
+    for on_fail in ("attenuate", "reject"):
+        p = mix.MedDiffuseMix(K, LesionProbe(num_classes=K), kappa=1.0, on_fail=on_fail)  # kappa 1: most fail
+        out_x, out_y = p(x, y, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(out_y, torch.nn.functional.one_hot(y, K).float())
+        counts = p.last["counts"]
+        assert int(counts.sum()) == 6
+        fail = p.last["iou"] < 1.0
+        if on_fail == "reject":
+            assert torch.equal(out_x[fail], x[fail])
+        keep = p.last["keep_mask"].bool().expand_as(x)
+        # the diagnostic region is (almost) the original: a soft boundary only changes its edge
+        assert (out_x - x).abs()[keep].mean() < (out_x - x).abs()[~keep].mean() + 1e-6
+
+
+def test_meddiffusemix_uses_the_generator_for_the_background():
+    ds, idx, x, y, seg = batch(B=4, size=32)
+    calls = {}
+
+    def gen(images, labels, keep_mask, generator=None):
+        calls["keep"] = keep_mask
+        return torch.zeros_like(images)
+
+    p = mix.MedDiffuseMix(K, LesionProbe(num_classes=K), gen, kappa=0.0, sigma=0.0)
+    out_x, _ = p(x, y, generator=torch.Generator().manual_seed(0))
+    keep = calls["keep"].bool()
+    beta = p.last["beta"].view(-1, 1, 1, 1)
+    assert torch.allclose(out_x, torch.where(keep, x, (1 - beta) * x), atol=1e-6)
+    assert (p.last["index_b"] == -1).all()
+
+
+def test_genmix_pairs_and_folder_generator(tmp_path):
+    from PIL import Image
+
+    ds, idx, x, y, seg = batch(B=6)
+    same = build("genmix", ds)
+    _, ys = run(same, ds, idx, x, y)
+    assert torch.allclose(ys, torch.nn.functional.one_hot(y, K).float())
+    assert torch.equal(same.last["syn_classes"], y)
+    rnd = build("genmix", ds, pair="random")
+    _, yr = run(rnd, ds, idx, x, y)
+    lam, syn = rnd.last["lam"], rnd.last["syn_classes"]
+    oh = torch.nn.functional.one_hot
+    assert torch.allclose(yr, lam[:, None] * oh(y, K).float() + (1 - lam[:, None]) * oh(syn, K).float())
+    # a folder of synthetic images, class index sub-folders, another size: resized
+    for c in range(K):
+        (tmp_path / str(c)).mkdir()
+        Image.fromarray((np.random.rand(20, 20) * 255).astype(np.uint8)).save(tmp_path / str(c) / "a.png")
+    folder = mix.GenMix(K, str(tmp_path))
+    out_x, _ = folder(x, y, generator=torch.Generator().manual_seed(0))
+    assert out_x.shape == x.shape and folder.last["x_syn"].shape == x.shape
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,exc,message", [
+    (lambda: mix.Mixup(0), ValueError, "num_classes must be an int >= 1"),
+    (lambda: mix.Mixup(4, alpha=0), ValueError, "alpha must be in (0.0"),
+    (lambda: mix.Mixup(4, prob=1.5), ValueError, "prob must be in [0.0, 1.0]"),
+    (lambda: mix.Mixup(4, mode="pair"), ValueError, "mode must be one of"),
+    (lambda: mix.Mixup(4, partner="nearest"), ValueError, "partner must be one of"),
+    (lambda: mix.SPMix(4, alpha=1.2), ValueError, "alpha (the ratio cap) must be in (0, 1]"),
+    (lambda: mix.SPMix(4, label="hard"), ValueError, "label must be 'keep' or 'soft'"),
+    (lambda: mix.SaliencyMix(4, method="gradcam"), ValueError, "method must be 'fine_grained'"),
+    (lambda: mix.VariMix(4, "generator.pt"), TypeError, "translator must be callable"),
+    (lambda: mix.MedDiffuseMix(4, "resnet"), TypeError, "model must be the classifier"),
+    (lambda: mix.MedDiffuseMix(4, LesionProbe(), q=0), ValueError, "q must be > 0"),
+    (lambda: mix.GenMix(4, 42), TypeError, "generator must be callable"),
+    (lambda: mix.GenMix(4, lambda l, generator=None: l, pair="any"), ValueError, "pair must be"),
+    (lambda: make_policy("puzzlemix", 4), ValueError, "unknown policy 'puzzlemix'"),
+    (lambda: make_policy("varimix", 4), ValueError, "varimix needs a translator"),
+])
+def test_bad_construction(make, exc, message):
+    with pytest.raises(exc, match=__import__("re").escape(message)):
+        make()
+
+
+@pytest.mark.parametrize("args,exc,message", [
+    (dict(x=torch.rand(3, 8, 8)), ValueError, "x must be images [B, C, H, W]"),
+    (dict(x=torch.zeros(2, 3, 8, 8, dtype=torch.int64)), TypeError, "x must be float or uint8"),
+    (dict(y=torch.tensor([0, 7])), ValueError, "labels must be in [0, num_classes = 4)"),
+    (dict(y=torch.tensor([0, 1, 2])), ValueError, "integer labels y must be [B] = [2]"),
+    (dict(y=torch.rand(2, 3)), ValueError, "targets y must be float [B, K] = [2, 4]"),
+    (dict(y=[0, 1]), TypeError, "y must be a tensor"),
+    (dict(generator=42), TypeError, "generator must be a CPU torch.Generator"),
+    (dict(seg=torch.zeros(2, 1, 8, 9)), ValueError, "seg must be [B, 1, H, W] or [B, H, W]"),
+    (dict(lam=1.5), ValueError, "lam must be a float or [B] = [2] in [0, 1]"),
+    (dict(bogus=1), TypeError, "unexpected keyword argument 'bogus'"),
+])
+def test_bad_call(args, exc, message):
+    call = dict(x=torch.rand(2, 3, 8, 8), y=torch.tensor([0, 1]))
+    call.update(args)
+    with pytest.raises(exc, match=__import__("re").escape(message)):
+        mix.Mixup(4)(**call)
