@@ -4,26 +4,9 @@ import pytest
 import torch
 
 from medmix_ops import adm_mix
+from medmix_ops.reference.adm import varimix_public_loop as varimix_loop
 
 from _common import DEVICES, batch_for, kernel_backends, run_benchmark
-
-
-def varimix_loop(images, x_fake, ref_index, lam):
-    """VariMix's variety_mix after its generator call: per sample min-max normalise the
-    difference, channel mean, threshold; fuse both ways; lam per sample via .item()."""
-    x_src, x_ref = images, images[ref_index]
-    masks = []
-    for i in range(images.shape[0]):
-        d = torch.abs(x_fake[i] - x_src[i])
-        d = (d - d.min()) / (d.max() - d.min())
-        d = d.mean(dim=0, keepdim=True)
-        masks.append((d >= lam).float())
-    k = torch.stack(masks)
-    src = x_src * k + x_ref * (1.0 - k)
-    ref = x_ref * k + x_src * (1.0 - k)
-    lams = torch.tensor([1 - k[i].sum().item() / (images.shape[-1] * images.shape[-2])
-                         for i in range(images.shape[0])], device=images.device)
-    return src, ref, lams
 
 
 def inputs(device):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medmix_ops import adm_mask, adm_mix
+from medmix_ops.reference.adm import varimix_public_loop as varimix_loop
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8]
 
@@ -121,25 +122,6 @@ def test_identical_images_give_empty_masks(device_backend):
 
 
 # ---- adm_mix and the public VariMix loop ----------------------------------------------------------
-
-def varimix_loop(images, x_fake, ref_index, lam):
-    """The public VariMix `variety_mix` after the generator call, rewritten: per sample, min-max
-    normalise |x_fake - x_src|, average over channels, threshold at one lam; fuse both ways;
-    lam_i = 1 - mask area."""
-    x_src, x_ref = images, images[ref_index]
-    masks = []
-    for i in range(images.shape[0]):
-        d = torch.abs(x_fake[i] - x_src[i])
-        d = (d - d.min()) / (d.max() - d.min())
-        d = d.mean(dim=0, keepdim=True)
-        masks.append((d >= lam).float())
-    k = torch.stack(masks)
-    src = x_src * k + x_ref * (1.0 - k)
-    ref = x_ref * k + x_src * (1.0 - k)
-    lams = torch.tensor([1 - k[i].sum().item() / (images.shape[-1] * images.shape[-2])
-                         for i in range(images.shape[0])])
-    return src, ref, lams
-
 
 def test_adm_mix_matches_the_public_varimix_loop(device_backend):
     device, backend = device_backend

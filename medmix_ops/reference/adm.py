@@ -92,3 +92,24 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam: torch
     if x.dtype == torch.uint8:  # a hard mask copies pixels: no rounding needed
         src, ref = src.round(), ref.round()
     return src.to(x.dtype), ref.to(x.dtype), 1 - area, mask
+
+
+def varimix_public_loop(images, x_fake, ref_index, lam):
+    """The public VariMix `variety_mix` after its generator call, rewritten as the parity
+    target and benchmark baseline: per sample, min-max normalise |x_fake - x_src|, average over
+    channels, threshold at one lam; fuse both ways; lam_i = 1 - mask area via .item().
+    Returns (fusion_src, fusion_ref, lam [B]). A constant difference gives NaN there (0 / 0);
+    adm_mix gives an empty mask."""
+    x_src, x_ref = images, images[ref_index]
+    masks = []
+    for i in range(images.shape[0]):
+        d = torch.abs(x_fake[i] - x_src[i])
+        d = (d - d.min()) / (d.max() - d.min())
+        d = d.mean(dim=0, keepdim=True)
+        masks.append((d >= lam).float())
+    k = torch.stack(masks)
+    src = x_src * k + x_ref * (1.0 - k)
+    ref = x_ref * k + x_src * (1.0 - k)
+    lams = torch.tensor([1 - k[i].sum().item() / (images.shape[-1] * images.shape[-2])
+                         for i in range(images.shape[0])], device=images.device)
+    return src, ref, lams
