@@ -65,7 +65,7 @@ cmake: $(PKG_STAMP)
 
 # Results (with machine, commit and date) go to benchmarks/results/<device>-<date>.json.
 BENCH_DEVICE = $(shell nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_-' || true)
-BENCH_JSON ?= benchmarks/results/$(if $(BENCH_DEVICE),$(BENCH_DEVICE),cpu-$(shell nproc)core)-$(shell date +%Y-%m-%d).json
+BENCH_JSON ?= benchmarks/results/$(if $(BENCH_DEVICE),$(BENCH_DEVICE),cpu-$(shell nproc)core)-$(shell date +%Y-%m-%d)-pytest-benchmark.json
 bench: build
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,ops \
 	    --benchmark-json=$(BENCH_JSON) $(PYTEST_ARGS)

@@ -5,12 +5,14 @@
 
 TORCH_LIBRARY(medmix, m) {
   // ---- gaussian_blend (DESIGN.md op 4) ----
-  // alpha = GaussianBlur(mask, sigma[b]); out = alpha * a + (1 - alpha) * b;
-  // lam[b] = mean(alpha). max_radius >= ceil(3 * max(sigma)) sizes the kernels' scratch.
-  // alpha is returned as [B, 1, H, W] when return_alpha, else as an empty tensor.
+  // alpha = GaussianBlur(mask, sigma[i]); out[i] = alpha * a[i] + (1 - alpha) * b[j] with
+  // j = b_index[i] when b_index (int64 [B], values in [0, b.size(0))) is given, else j = i: the
+  // partner rows are gathered inside the kernel. lam[i] = mean(alpha). max_radius >=
+  // ceil(3 * max(sigma)) sizes the kernels' scratch. alpha is returned as [B, 1, H, W] when
+  // return_alpha, else as an empty tensor.
   m.def(
       "gaussian_blend(Tensor a, Tensor b, Tensor mask, Tensor sigma, int max_radius, "
-      "bool return_alpha) -> (Tensor out, Tensor lam, Tensor alpha)");
+      "bool return_alpha, Tensor? b_index=None) -> (Tensor out, Tensor lam, Tensor alpha)");
   m.def(
       "gaussian_blend_backward(Tensor grad_out, Tensor mask, Tensor sigma, int max_radius) "
       "-> (Tensor grad_a, Tensor grad_b)");

@@ -114,21 +114,23 @@ def _check_range(op: str, name: str, v: float, lo: float, hi: float) -> None:
         raise ValueError(f"{op}: {name} must be finite and in [{lo}, {hi}], got {v}")
 
 
-def check_perm(op: str, perm, batch: int, device, *, validate: bool = True) -> torch.Tensor:
-    """A partner permutation / index vector: integer [batch] with values in [0, batch) ->
-    int64 on device. A CUDA tensor's values cost one host sync to check (validate=False skips
-    it; the kernels still clamp indices, so memory stays safe)."""
+def check_perm(op: str, perm, batch: int, device, *, validate: bool = True, name: str = "perm",
+               upper: int | None = None) -> torch.Tensor:
+    """A partner permutation / index vector: integer [batch] with values in [0, upper) (upper
+    defaults to batch) -> int64 on device. A CUDA tensor's values cost one host sync to check
+    (validate=False skips it; the kernels still clamp indices, so memory stays safe)."""
+    upper = batch if upper is None else upper
     if not isinstance(perm, torch.Tensor):
-        raise TypeError(f"{op}: perm must be a torch.Tensor of indices, got {type(perm).__name__}")
+        raise TypeError(f"{op}: {name} must be a torch.Tensor of indices, got {type(perm).__name__}")
     if perm.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError(f"{op}: perm must be an integer tensor, got {perm.dtype}")
+        raise TypeError(f"{op}: {name} must be an integer tensor, got {perm.dtype}")
     if perm.dim() != 1 or perm.shape[0] != batch:
-        raise ValueError(f"{op}: perm must have shape [B] = [{batch}], got {list(perm.shape)}")
+        raise ValueError(f"{op}: {name} must have shape [B] = [{batch}], got {list(perm.shape)}")
     # Inside torch.compile the values are unknown at trace time; the kernels clamp indices.
     if not torch.compiler.is_compiling() and (validate or perm.device.type == "cpu"):
         host = perm.detach().cpu()
-        bad = (host < 0) | (host >= batch)
+        bad = (host < 0) | (host >= upper)
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"{op}: perm values must be in [0, {batch}), got perm[{i}] = {int(host[i])}")
+            raise ValueError(f"{op}: {name} values must be in [0, {upper}), got {name}[{i}] = {int(host[i])}")
     return perm.detach().to(device=device, dtype=torch.int64).contiguous()

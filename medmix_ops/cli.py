@@ -97,6 +97,20 @@ def _cmd_preview(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from . import bench
+
+    result = bench.run(device=args.device, quick=args.quick, names=args.ops or bench.GROUPS,
+                       e2e=not args.no_end_to_end)
+    print(bench.format_table(result))
+    path = args.json or (bench.default_json_path(result) if args.save else None)
+    if path:
+        print(f"\njson: {bench.save_json(result, path)}")
+    if args.plot:
+        print(f"plot: {bench.save_plot(result, args.plot)}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -132,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", help="write the results as JSON here")
     f.add_argument("--plot", help="write a bar chart PNG here")
     f.set_defaults(func=_cmd_fidelity)
+
+    from .bench import GROUPS
+
+    bn = sub.add_parser("bench", help="every op and policy against its baselines, side by side")
+    bn.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bn.add_argument("--quick", action="store_true", help="one size per op, short timing loops")
+    bn.add_argument("--ops", nargs="+", choices=GROUPS, help="default: all")
+    bn.add_argument("--json", help="write the results here")
+    bn.add_argument("--save", action="store_true", help="write benchmarks/results/<device>-<date>.json")
+    bn.add_argument("--plot", help="write a speed-up chart PNG here")
+    bn.add_argument("--no-end-to-end", action="store_true", help="skip the training-step share")
+    bn.set_defaults(func=_cmd_bench)
 
     pv = sub.add_parser("preview", help="original | partner | mask | mixed, with soft labels")
     pv.add_argument("--policy", required=True, choices=POLICIES)

@@ -181,6 +181,7 @@ def test_opcheck(kernel_backend):
     a.requires_grad_(True)
     b.requires_grad_(True)
     torch.library.opcheck(fwd, (a, b, mask, sigma, 3, True))
+    torch.library.opcheck(fwd, (a, b[:1], mask, sigma, 3, False, torch.tensor([0, 0], device=device)))
     torch.library.opcheck(fwd, (a.detach().half(), b.detach().half(), mask, sigma, 3, False))
     torch.library.opcheck(bwd, (torch.randn(2, 3, 7, 9, device=device, requires_grad=True),
                                 mask, sigma, 3))
@@ -327,3 +328,46 @@ def test_raw_op_refuses_too_small_max_radius():
     a, b, mask = make_inputs((1, 1, 6, 6), torch.float32, "cpu")
     with pytest.raises(RuntimeError, match="max_radius"):
         torch.ops.medmix.gaussian_blend(a, b, mask, torch.tensor([2.0]), 3, False)
+
+
+# ---- b_index: partner rows gathered inside the kernel --------------------------------------------
+
+def test_b_index_matches_gathering_first(device_backend):
+    device, backend = device_backend
+    a, _, mask = make_inputs((5, 3, 13, 11), torch.float32, device)
+    pool = torch.rand(3, 3, 13, 11, generator=torch.Generator().manual_seed(9)).to(device)
+    idx = torch.tensor([2, 0, 2, 1, 0], device=device)  # repeats allowed
+    got = gaussian_blend(a, pool, mask, 1.5, b_index=idx, return_alpha=True, backend=backend)
+    want = gaussian_blend(a, pool[idx], mask, 1.5, return_alpha=True, backend=backend)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    # a batch blended with a permutation of itself, no copy of x[perm]
+    perm = torch.tensor([4, 3, 2, 1, 0], device=device)
+    assert torch.equal(gaussian_blend(a, a, mask, 0.0, b_index=perm, backend=backend)[0],
+                       gaussian_blend(a, a.flip(0), mask, 0.0, backend=backend)[0])
+
+
+def test_b_index_gradients_sum_over_repeated_rows(device_backend):
+    device, backend = device_backend
+    a = torch.rand(4, 2, 6, 5, dtype=torch.float64, device=device, requires_grad=True)
+    pool = torch.rand(2, 2, 6, 5, dtype=torch.float64, device=device, requires_grad=True)
+    mask = (torch.rand(4, 1, 6, 5) > 0.5).double().to(device)
+    idx = torch.tensor([1, 1, 0, 1], device=device)
+    assert torch.autograd.gradcheck(
+        lambda x, y: gaussian_blend(x, y, mask, 0.7, b_index=idx, backend=backend)[0], (a, pool), fast_mode=True)
+
+
+def test_b_index_bad_input():
+    a, b, mask = make_inputs((3, 1, 4, 4), torch.float32, "cpu")
+    with pytest.raises(ValueError, match=r"b_index values must be in \[0, 3\), got b_index\[1\] = 3"):
+        gaussian_blend(a, b, mask, 1.0, b_index=torch.tensor([0, 3, 1]))
+    with pytest.raises(ValueError, match=r"b_index must have shape \[B\] = \[3\]"):
+        gaussian_blend(a, b, mask, 1.0, b_index=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="b_index must be an integer tensor"):
+        gaussian_blend(a, b, mask, 1.0, b_index=torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="b must have a's C, H, W"):
+        gaussian_blend(a, torch.rand(2, 1, 4, 5), mask, 1.0, b_index=torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="a and b must have one shape"):
+        gaussian_blend(a, torch.rand(2, 1, 4, 4), mask, 1.0)
+    with pytest.raises(RuntimeError, match="outside"):
+        torch.ops.medmix.gaussian_blend(a, b[:2], mask, torch.ones(3), 3, False, torch.tensor([0, 1, 2]))

@@ -31,10 +31,19 @@ inline void check_mask_and_sigma(const at::Tensor& mask, const at::Tensor& sigma
 
 inline void check_gaussian_blend_args(const at::Tensor& a, const at::Tensor& b,
                                       const at::Tensor& mask, const at::Tensor& sigma,
-                                      int64_t max_radius) {
+                                      int64_t max_radius,
+                                      const c10::optional<at::Tensor>& b_index) {
   TORCH_CHECK(a.dim() == 4, "medmix::gaussian_blend: a must be [B, C, H, W], got ", a.sizes());
-  TORCH_CHECK(a.sizes() == b.sizes(), "medmix::gaussian_blend: a ", a.sizes(), " and b ",
-              b.sizes(), " differ in shape");
+  TORCH_CHECK(b.dim() == 4 && b.size(1) == a.size(1) && b.size(2) == a.size(2) &&
+                  b.size(3) == a.size(3) && (b_index.has_value() || b.size(0) == a.size(0)),
+              "medmix::gaussian_blend: a ", a.sizes(), " and b ", b.sizes(), " differ in shape");
+  if (b_index.has_value()) {
+    TORCH_CHECK(b_index->dim() == 1 && b_index->size(0) == a.size(0) &&
+                    b_index->scalar_type() == at::kLong && b_index->device() == a.device(),
+                "medmix::gaussian_blend: b_index must be int64 [", a.size(0), "] on a's device, got ",
+                b_index->scalar_type(), " ", b_index->sizes());
+    TORCH_CHECK(b.size(0) >= 1, "medmix::gaussian_blend: b_index given but b is empty");
+  }
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), "medmix::gaussian_blend: a and b dtypes differ");
   TORCH_CHECK(a.device() == b.device() && a.device() == mask.device(),
               "medmix::gaussian_blend: a, b and mask must be on one device");

@@ -47,6 +47,10 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
         taps_of = bi;
       }
       const acc_t* mb = m + bi * H * W;
+      if (r == 0) {  // sigma = 0: the mask row is alpha (hard masks, Mixup's constant masks)
+        consume(bi, h, mb + h * W);
+        continue;
+      }
       // Vertical pass into padded[r .. r + W).
       acc_t* col = padded.data() + r;
       std::fill(col, col + W, acc_t(0));
@@ -71,10 +75,22 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
   });
 }
 
+// Sum of a row in double with 8 independent lanes combined in a fixed order: deterministic,
+// and without the 4-cycle dependency chain of one accumulator (which dominated small images).
+template <typename acc_t>
+double row_sum(const acc_t* __restrict__ a, int64_t n) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int j = 0; j < 8; ++j) lane[j] += a[k + j];
+  for (; k < n; ++k) lane[0] += a[k];
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 template <typename scalar_t>
 void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask,
                    const at::Tensor& sigma, int64_t max_radius, at::Tensor& out,
-                   at::Tensor& lam, at::Tensor* alpha_out) {
+                   at::Tensor& lam, at::Tensor* alpha_out, const int64_t* b_rows) {
   using acc_t = acc_type_t<scalar_t>;
   const int64_t B = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
   const Strides4 sa = strides_of(a), sb = strides_of(b), so = strides_of(out);
@@ -83,23 +99,22 @@ void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& m
   scalar_t* po = out.data_ptr<scalar_t>();
   acc_t* palpha = alpha_out ? alpha_out->data_ptr<acc_t>() : nullptr;
   // Row sums in double, reduced below in a fixed order: lam is identical for any thread count.
-  std::vector<double> row_sum(B * H);
+  std::vector<double> row_sums(B * H);
   const bool rows_dense = sa.w == 1 && sb.w == 1 && so.w == 1;
 
   for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, [&](int64_t bi, int64_t h,
-                                                            const acc_t* alpha) {
-    double sum = 0;
-    for (int64_t w = 0; w < W; ++w) sum += alpha[w];
-    row_sum[bi * H + h] = sum;
+                                                            const acc_t* __restrict__ alpha) {
+    row_sums[bi * H + h] = row_sum(alpha, W);
     if (palpha) std::copy(alpha, alpha + W, palpha + (bi * H + h) * W);
     const scalar_t* ra = pa + bi * sa.n + h * sa.h;
-    const scalar_t* rb = pb + bi * sb.n + h * sb.h;
+    const scalar_t* rb = pb + (b_rows ? b_rows[bi] : bi) * sb.n + h * sb.h;
     scalar_t* ro = po + bi * so.n + h * so.h;
     if (rows_dense) {  // NCHW: channel-major, unit-stride inner loop
       for (int64_t c = 0; c < C; ++c) {
-        const scalar_t* xa = ra + c * sa.c;
-        const scalar_t* xb = rb + c * sb.c;
-        scalar_t* xo = ro + c * so.c;
+        // restrict: the output never aliases the inputs (a fresh tensor), so this vectorises
+        const scalar_t* __restrict__ xa = ra + c * sa.c;
+        const scalar_t* __restrict__ xb = rb + c * sb.c;
+        scalar_t* __restrict__ xo = ro + c * so.c;
         for (int64_t w = 0; w < W; ++w) {
           xo[w] = store_as<scalar_t>(
               blend_pixel<acc_t>(alpha[w], load_as<acc_t>(xa[w]), load_as<acc_t>(xb[w])));
@@ -119,7 +134,7 @@ void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& m
   acc_t* plam = lam.data_ptr<acc_t>();
   for (int64_t bi = 0; bi < B; ++bi) {
     double sum = 0;
-    for (int64_t h = 0; h < H; ++h) sum += row_sum[bi * H + h];
+    for (int64_t h = 0; h < H; ++h) sum += row_sums[bi * H + h];
     plam[bi] = static_cast<acc_t>(sum / static_cast<double>(H * W));
   }
 }
@@ -149,8 +164,16 @@ void blend_backward(const at::Tensor& grad_out, const at::Tensor& mask, const at
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cpu(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask, const at::Tensor& sigma,
-    int64_t max_radius, bool return_alpha) {
-  check_gaussian_blend_args(a, b, mask, sigma, max_radius);
+    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index) {
+  check_gaussian_blend_args(a, b, mask, sigma, max_radius, b_index);
+  at::Tensor rows;
+  if (b_index.has_value()) {
+    rows = b_index->contiguous();
+    const int64_t* r = rows.data_ptr<int64_t>();
+    for (int64_t i = 0; i < rows.numel(); ++i)
+      TORCH_CHECK(r[i] >= 0 && r[i] < b.size(0), "medmix::gaussian_blend: b_index[", i, "] = ",
+                  r[i], " is outside [0, ", b.size(0), ")");
+  }
   TORCH_CHECK(a.device().is_cpu(), "medmix::gaussian_blend (CPU kernel) got a ", a.device(),
               " tensor");
   const auto acc = opmath_dtype(a.scalar_type());
@@ -165,7 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND3(
       at::kHalf, at::kBFloat16, at::kByte, a.scalar_type(), "gaussian_blend_cpu", [&] {
         blend_forward<scalar_t>(a, b, mask_c, sigma_c, max_radius, out, lam,
-                                return_alpha ? &alpha : nullptr);
+                                return_alpha ? &alpha : nullptr,
+                                rows.defined() ? rows.data_ptr<int64_t>() : nullptr);
       });
   return {out, lam, alpha};
 }

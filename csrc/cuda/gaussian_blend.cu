@@ -80,6 +80,7 @@ __global__ void __launch_bounds__(kTileW)
                                   const acc_t* __restrict__ mask,
                                   const float* __restrict__ sigma, scalar_t* __restrict__ out,
                                   acc_t* __restrict__ alpha_out, acc_t* __restrict__ partial,
+                                  const int64_t* __restrict__ b_rows, int64_t Bb,
                                   int64_t C, int64_t H, int64_t W, Strides4 sa, Strides4 sb,
                                   Strides4 so, int max_radius, TileGrid grid) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -88,7 +89,9 @@ __global__ void __launch_bounds__(kTileW)
   const acc_t sum = for_each_alpha_in_tile<acc_t>(
       mask, sigma, H, W, max_radius, grid, bi, smem, [&](int64_t h, int64_t w, acc_t alpha) {
         const scalar_t* pa = a + bi * sa.n + h * sa.h + w * sa.w;
-        const scalar_t* pb = b + bi * sb.n + h * sb.h + w * sb.w;
+        // partner row: clamped, so a bad index can never read outside b
+        const int64_t bj = b_rows ? min(max(b_rows[bi], int64_t(0)), Bb - 1) : bi;
+        const scalar_t* pb = b + bj * sb.n + h * sb.h + w * sb.w;
         scalar_t* po = out + bi * so.n + h * so.h + w * so.w;
         for (int64_t c = 0; c < C; ++c) {
           po[c * so.c] = store_as<scalar_t>(
@@ -141,8 +144,9 @@ void check_launch_size(int64_t blocks, size_t smem, const char* op) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cuda(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask, const at::Tensor& sigma,
-    int64_t max_radius, bool return_alpha) {
-  check_gaussian_blend_args(a, b, mask, sigma, max_radius);
+    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index) {
+  check_gaussian_blend_args(a, b, mask, sigma, max_radius, b_index);
+  const at::Tensor rows = b_index.has_value() ? b_index->contiguous() : at::Tensor();
   TORCH_CHECK(a.is_cuda(), "medmix::gaussian_blend (CUDA kernel) got a ", a.device(), " tensor");
   const c10::cuda::CUDAGuard guard(a.device());
   const auto acc = opmath_dtype(a.scalar_type());
@@ -167,7 +171,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cuda(
             mask_c.const_data_ptr<acc_t>(), sigma_c.const_data_ptr<float>(),
             out.mutable_data_ptr<scalar_t>(),
             return_alpha ? alpha.mutable_data_ptr<acc_t>() : nullptr,
-            partial.mutable_data_ptr<acc_t>(), C, H, W, strides_of(a), strides_of(b),
+            partial.mutable_data_ptr<acc_t>(),
+            rows.defined() ? rows.const_data_ptr<int64_t>() : nullptr, b.size(0), C, H, W,
+            strides_of(a), strides_of(b),
             strides_of(out), static_cast<int>(max_radius), grid);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });

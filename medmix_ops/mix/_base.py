@@ -99,15 +99,16 @@ class MixPolicy(torch.nn.Module):
         labels_host = labels.cpu() if self.partner == "class_balanced" else None
         rng = _host_rng(generator)
         if B == 1 or rng.random() >= self.prob:
-            self.last = dict(applied=False, index_a=torch.arange(B), index_b=torch.arange(B),
-                             lam=torch.ones(B), weight_a=None)
+            self.__dict__["last"] = dict(applied=False, index_a=torch.arange(B), index_b=torch.arange(B),
+                                         lam=torch.ones(B), weight_a=None)
             return (x, targets) if seg is None else (x, targets, seg)
         try:
             params = self._sample(B, labels_host, rng, x, **overrides)
         except TypeError as e:
             raise TypeError(f"{cls}: {e}") from None
         out = self._mix(x, targets, labels, params)
-        self.last = {"applied": True, **params, **out}  # out's lam (the label weight) wins
+        # (the instance dict directly: nn.Module.__setattr__ is slow, and `last` is plain data)
+        self.__dict__["last"] = {"applied": True, **params, **out}  # out's lam (label weight) wins
         if seg is None:
             return out["x"], out["y"]
         return out["x"], out["y"], self._mix_seg(seg4, seg, out)

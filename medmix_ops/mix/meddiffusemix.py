@@ -84,7 +84,7 @@ class MedDiffuseMix(MixPolicy):
         keep = top_fraction(s, self.q)
         seg_b = None
         if self.generator is None:
-            content, index_b = x[perm], p["perm"]
+            content, index_b = None, p["perm"]  # the partner, gathered inside the blend
         else:
             g = torch.Generator().manual_seed(p["gen_seed"])
             content = self.generator(x, labels, keep, generator=g)
@@ -98,7 +98,12 @@ class MedDiffuseMix(MixPolicy):
         beta = (self.strength * (s * keep).flatten(1).sum(1) / mass).clamp(0, 1)
         H, W = x.shape[-2:]
         beta_map = beta.view(B, 1, 1, 1).expand(B, 1, H, W)
-        background, _ = gaussian_blend(content, x, beta_map, 0.0, backend=self.backend)
+        # background = beta * content + (1 - beta) * x
+        if content is None:
+            background, _ = gaussian_blend(x, x, 1 - beta_map, 0.0, b_index=perm, backend=self.backend,
+                                           validate=False)
+        else:
+            background, _ = gaussian_blend(content, x, beta_map, 0.0, backend=self.backend)
         mixed, _, alpha = gaussian_blend(x, background, keep, self.sigma, return_alpha=True,
                                          backend=self.backend)
         weight = alpha + (1 - alpha) * (1 - beta_map)  # per-pixel weight of the original

@@ -28,6 +28,8 @@ class Mixup(MixPolicy):
         a = torch.arange(B)
         # lam as a per-sample, broadcast (not materialised) mask of the fused blend
         w = lam.to(x.device).view(B, 1, 1, 1).expand(B, 1, H, W)
-        out, _ = gaussian_blend(x, x[perm.to(x.device)], w, 0.0, backend=self.backend)
+        # partners are gathered inside the kernel (b_index): no copy of x[perm]
+        out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm.to(x.device), backend=self.backend,
+                                validate=False)
         return dict(x=out, y=self.mix_targets(targets, a, perm, lam), index_a=a, index_b=perm,
                     weight_a=w, lam=lam, hard=False)

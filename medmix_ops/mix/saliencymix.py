@@ -5,7 +5,7 @@ import torch
 
 from ..ops import gaussian_blend, saliency
 from ._base import MixPolicy
-from .cutmix import box_mask
+from .cutmix import box_mask, paste_box
 
 
 class SaliencyMix(MixPolicy):
@@ -41,8 +41,12 @@ class SaliencyMix(MixPolicy):
         B, _, H, W = x.shape
         dev = x.device
         perm = p["perm"].to(dev)
-        xb = x[perm]
-        s = saliency(xb if self.per_sample else xb[:1], self.method, backend=self.backend)
+        # the partners' maps: all images' maps indexed by perm (per_sample), or the first
+        # partner's alone (the official code's single map)
+        if self.per_sample:
+            s = saliency(x, self.method, backend=self.backend).index_select(0, perm)
+        else:
+            s = saliency(x.index_select(0, perm[:1]), self.method, backend=self.backend)
         peak = s.flatten(1).argmax(dim=1)  # on the device: no sync
         cy, cx = (peak // W).expand(B), (peak % W).expand(B)
         ratio = torch.sqrt(1.0 - p["lam"]).to(dev)
@@ -52,7 +56,11 @@ class SaliencyMix(MixPolicy):
         area = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).float()
         lam = 1.0 - area / (H * W)
         a = torch.arange(B)
-        w = 1.0 - box_mask(boxes, H, W, dev)
-        out, _ = gaussian_blend(x, xb, w, 0.0, backend=self.backend)
+        if self.per_sample:
+            w = 1.0 - box_mask(boxes, H, W, dev)
+            out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm, backend=self.backend, validate=False)
+        else:  # one box (the official code): clone + paste the region (one small host read)
+            w = (1.0 - box_mask(boxes[:1], H, W, dev)).expand(B, 1, H, W)
+            out = paste_box(x, perm, boxes[0].tolist())
         return dict(x=out, y=self.mix_targets(targets, a, p["perm"], lam), index_a=a,
                     index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes, saliency=s)

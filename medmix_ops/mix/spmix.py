@@ -70,8 +70,9 @@ class SPMix(MixPolicy):
     def _mix(self, x, targets, labels, p):
         tail, head = self.pairs(labels, p["perm"])
         r, mean, pix = self.ratios(x, tail, head, self.patch)
-        out, _, alpha = gaussian_blend(x[tail], x[head], pix, self.sigma, return_alpha=True,
-                                       backend=self.backend)
+        anchor = x if self.partner != "class_balanced" else x.index_select(0, tail)
+        out, _, alpha = gaussian_blend(anchor, x, pix, self.sigma, b_index=head, return_alpha=True,
+                                       backend=self.backend, validate=False)
         lam = torch.ones_like(mean) if self.label == "keep" else mean
         y = self.mix_targets(targets, tail, head, lam)
         return dict(x=out, y=y, index_a=tail.cpu(), index_b=head.cpu(), weight_a=alpha, lam=lam,

@@ -40,7 +40,7 @@ class VariMix(MixPolicy):
         B = x.shape[0]
         perm = p["perm"]
         with torch.no_grad():
-            x_hat = self.translator(x, x[perm.to(x.device)])
+            x_hat = self.translator(x, x.index_select(0, perm.to(x.device)))
         if not isinstance(x_hat, torch.Tensor) or x_hat.shape != x.shape:
             raise ValueError(f"VariMix: the translator must return images shaped like x {list(x.shape)}, "
                              f"got {getattr(x_hat, 'shape', type(x_hat).__name__)}")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
 from .. import _backend
 from .. import reference as _ref
-from .._validation import check_image, check_mask, check_same, opmath_dtype, per_sample_values
+from .._validation import (check_image, check_mask, check_perm, check_same, opmath_dtype,
+                           per_sample_values)
 
 OP = "gaussian_blend"
 SigmaLike = Union[float, int, Sequence[float], torch.Tensor]
@@ -18,7 +19,8 @@ MAX_SIGMA = 1000.0
 
 
 def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: SigmaLike, *,
-                   return_alpha: bool = False, backend: str = "auto"):
+                   b_index: torch.Tensor | None = None, return_alpha: bool = False,
+                   backend: str = "auto", validate: bool = True):
     """Blends ``a`` into ``b`` through a Gaussian-softened mask, in one fused pass.
 
     ``alpha = GaussianBlur(mask, sigma)``, ``out = alpha * a + (1 - alpha) * b``,
@@ -35,8 +37,14 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
         sigma: blur standard deviation in pixels, >= 0: a float for the batch, or per sample a
             ``[B]`` tensor or sequence. A CPU tensor or a sequence costs nothing; a CUDA tensor
             costs one host sync (its values size the kernel's halo and are validated).
+        b_index: optional partner rows, integer ``[B]``: sample i is blended with
+            ``b[b_index[i]]``, gathered inside the kernel (no ``b[index]`` copy). ``b`` may then
+            have any number of rows, e.g. ``gaussian_blend(x, x, m, s, b_index=perm)`` mixes a
+            batch with a permutation of itself. Gradients to ``b`` are summed per row.
         return_alpha: also return the blurred mask ``alpha`` as ``Tensor[B, 1, H, W]``.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
+        validate: check a CUDA ``b_index``'s values (one host sync); False skips it (the
+            kernels clamp indices, so memory stays safe).
 
     Returns:
         ``(out, lam)``, or ``(out, lam, alpha)`` with ``return_alpha``: ``out`` like ``a``
@@ -55,7 +63,15 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
     """
     check_image(OP, "a", a)
     check_image(OP, "b", b)
-    check_same(OP, "a", a, "b", b)
+    if b_index is None:
+        check_same(OP, "a", a, "b", b)
+    else:
+        check_same(OP, "a", a, "b", b, shape=False)
+        if b.shape[1:] != a.shape[1:]:
+            raise ValueError(f"{OP}: b must have a's C, H, W {list(a.shape[1:])} (any number of rows "
+                             f"with b_index), got {list(b.shape)}")
+        b_index = check_perm(OP, b_index, a.shape[0], a.device, validate=validate,
+                             name="b_index", upper=b.shape[0])
     check_mask(OP, "mask", mask, a)
     if not isinstance(return_alpha, bool):
         raise TypeError(f"{OP}: return_alpha must be a bool, got {type(return_alpha).__name__}")
@@ -63,13 +79,13 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
     mask = mask.to(opmath_dtype(a.dtype))
     which = _backend.resolve(OP, backend, a.device)
     if which == "reference":
-        out, lam, alpha = _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha)
+        out, lam, alpha = _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
     elif which == "triton":
         out, lam, alpha = torch.ops.medmix_triton.gaussian_blend(a, b, mask, sigma_t, max_radius,
-                                                                 return_alpha)
+                                                                 return_alpha, b_index)
     else:  # "cpu" / "cuda": the C++ op dispatches on the device itself
         out, lam, alpha = torch.ops.medmix.gaussian_blend(a, b, mask, sigma_t, max_radius,
-                                                          return_alpha)
+                                                          return_alpha, b_index)
     return (out, lam, alpha) if return_alpha else (out, lam)
 
 
@@ -86,11 +102,12 @@ def sigma_to_tensor(op: str, sigma: SigmaLike, batch: int, device: torch.device,
 
 @torch.library.custom_op("medmix_triton::gaussian_blend", mutates_args=())
 def _gaussian_blend_triton(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
-                           sigma: torch.Tensor, max_radius: int,
-                           return_alpha: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           sigma: torch.Tensor, max_radius: int, return_alpha: bool,
+                           b_index: Optional[torch.Tensor] = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..triton import gaussian_blend as tk
 
-    return tk.gaussian_blend(a, b, mask, sigma, max_radius, return_alpha)
+    return tk.gaussian_blend(a, b, mask, sigma, max_radius, return_alpha, b_index)
 
 
 @torch.library.custom_op("medmix_triton::gaussian_blend_backward", mutates_args=())
@@ -102,8 +119,8 @@ def _gaussian_blend_backward_triton(grad_out: torch.Tensor, mask: torch.Tensor,
     return tk.gaussian_blend_backward(grad_out, mask, sigma, max_radius)
 
 
-def _fake_forward(a, b, mask, sigma, max_radius, return_alpha):
-    torch._check(a.dim() == 4 and a.shape == b.shape, lambda: "a and b must be equal [B, C, H, W]")
+def _fake_forward(a, b, mask, sigma, max_radius, return_alpha, b_index=None):
+    torch._check(a.dim() == 4 and a.shape[1:] == b.shape[1:], lambda: "a and b must be [B, C, H, W]")
     B, _, H, W = a.shape
     acc = opmath_dtype(a.dtype)
     alpha = a.new_empty((B, 1, H, W) if return_alpha else (0,), dtype=acc)
@@ -125,14 +142,17 @@ def _register(namespace: str) -> None:
     torch.library.register_fake(bwd, _fake_backward)
 
     def setup_forward(ctx, inputs, output):
-        _, _, mask, sigma, max_radius, _ = inputs
-        ctx.save_for_backward(mask, sigma)
+        _, b, mask, sigma, max_radius, _, b_index = inputs
+        ctx.save_for_backward(mask, sigma, b_index)
         ctx.max_radius = max_radius
+        ctx.b_rows = b.shape[0]
 
     def backward_forward(ctx, grad_out, grad_lam, grad_alpha):
-        mask, sigma = ctx.saved_tensors
+        mask, sigma, b_index = ctx.saved_tensors
         grad_a, grad_b = ops.gaussian_blend_backward(grad_out, mask, sigma, ctx.max_radius)
-        return grad_a, grad_b, None, None, None, None
+        if b_index is not None:  # partner rows may repeat: their gradients add up
+            grad_b = grad_b.new_zeros((ctx.b_rows, *grad_b.shape[1:])).index_add_(0, b_index, grad_b)
+        return grad_a, grad_b, None, None, None, None, None
 
     def setup_backward(ctx, inputs, output):
         _, mask, sigma, max_radius = inputs
@@ -142,7 +162,7 @@ def _register(namespace: str) -> None:
     def backward_backward(ctx, grad_grad_a, grad_grad_b):
         mask, sigma = ctx.saved_tensors
         grad_grad_out, _, _ = ops.gaussian_blend(grad_grad_a, grad_grad_b, mask, sigma,
-                                                 ctx.max_radius, False)
+                                                 ctx.max_radius, False, None)
         return grad_grad_out, None, None, None
 
     torch.library.register_autograd(fwd, backward_forward, setup_context=setup_forward)

@@ -42,10 +42,13 @@ def gaussian_blur_mask(mask: torch.Tensor, sigma: torch.Tensor, max_radius: int,
 
 
 def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor,
-                   max_radius: int, return_alpha: bool = False):
+                   max_radius: int, return_alpha: bool = False, b_index=None):
     """out = alpha * a + (1 - alpha) * b with alpha = gaussian_blur_mask(mask, sigma);
     lam = mean(alpha) over H, W. Returns (out, lam, alpha or an empty tensor).
-    a, b: [B, C, H, W]; mask: [B, 1, H, W]; sigma: float32 [B]. Differentiable in a and b."""
+    a, b: [B, C, H, W] (b: [B', C, H, W] rows picked by b_index [B] when given); mask:
+    [B, 1, H, W]; sigma: float32 [B]. Differentiable in a and b."""
+    if b_index is not None:
+        b = b[b_index]
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
     alpha = gaussian_blur_mask(mask, sigma, max_radius, acc)
     out = alpha * a.to(acc) + (1.0 - alpha) * b.to(acc)

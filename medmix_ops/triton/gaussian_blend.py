@@ -58,20 +58,24 @@ def _tile_coords(H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
 
 @triton.jit
 def gaussian_blend_forward_kernel(
-    a_ptr, b_ptr, mask_ptr, sigma_ptr, out_ptr, alpha_ptr, partial_ptr,
+    a_ptr, b_ptr, mask_ptr, sigma_ptr, out_ptr, alpha_ptr, partial_ptr, rows_ptr, Bb,
     C, H, W,
     sa_n, sa_c, sa_h, sa_w, sb_n, sb_c, sb_h, sb_w, so_n, so_c, so_h, so_w,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TAPS: tl.constexpr, COMPUTE: tl.constexpr,
-    IS_UINT8: tl.constexpr, WRITE_ALPHA: tl.constexpr,
+    IS_UINT8: tl.constexpr, WRITE_ALPHA: tl.constexpr, HAS_ROWS: tl.constexpr,
 ):
     pid, bi, h0, w0 = _tile_coords(H, W, BLOCK_H, BLOCK_W)
+    if HAS_ROWS:  # the partner row, clamped so a bad index can never read outside b
+        bj = tl.minimum(tl.maximum(tl.load(rows_ptr + bi), 0), Bb - 1)
+    else:
+        bj = bi
     alpha = _alpha_tile(mask_ptr, sigma_ptr, bi, h0, w0, H, W, BLOCK_H, BLOCK_W, TAPS, COMPUTE)
     rows = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)[:, None]
     cols = (w0 + tl.arange(0, BLOCK_W)).to(tl.int64)[None, :]
     valid = (rows < H) & (cols < W)
     for c in range(C):
         pa = a_ptr + bi * sa_n + c * sa_c + rows * sa_h + cols * sa_w
-        pb = b_ptr + bi * sb_n + c * sb_c + rows * sb_h + cols * sb_w
+        pb = b_ptr + bj * sb_n + c * sb_c + rows * sb_h + cols * sb_w
         va = tl.load(pa, mask=valid, other=0).to(COMPUTE)
         vb = tl.load(pb, mask=valid, other=0).to(COMPUTE)
         out = alpha * va + (1.0 - alpha) * vb
@@ -117,7 +121,7 @@ def _compute_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def gaussian_blend(a, b, mask, sigma, max_radius: int, return_alpha: bool):
+def gaussian_blend(a, b, mask, sigma, max_radius: int, return_alpha: bool, b_index=None):
     """Host launcher. a, b: [B, C, H, W] (any strides); mask: contiguous [B, 1, H, W] float32
     (float64 for float64 images); sigma: float32 [B]. Returns (out, lam, alpha or empty).
     max_radius (>= every sample's ceil(3 sigma)) bounds the taps vector at compile time."""
@@ -131,10 +135,10 @@ def gaussian_blend(a, b, mask, sigma, max_radius: int, return_alpha: bool):
     gaussian_blend_forward_kernel[(B * tiles,)](
         a, b, mask.contiguous(), sigma.contiguous(), out,
         alpha if return_alpha else partial,  # never written when WRITE_ALPHA is off
-        partial, C, H, W,
+        partial, b_index.contiguous() if b_index is not None else partial, b.shape[0], C, H, W,
         *a.stride(), *b.stride(), *out.stride(),
         BLOCK_H=BH, BLOCK_W=BW, TAPS=cm.taps_bound(max_radius), COMPUTE=_compute_dtype(a.dtype),
-        IS_UINT8=a.dtype == torch.uint8, WRITE_ALPHA=return_alpha,
+        IS_UINT8=a.dtype == torch.uint8, WRITE_ALPHA=return_alpha, HAS_ROWS=b_index is not None,
     )
     return out, partial.sum(1) / (H * W), alpha
 
