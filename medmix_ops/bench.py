@@ -560,3 +560,27 @@ def _triton_version():
         return triton.__version__
     except ImportError:
         return None
+
+
+def summary_markdown(result: dict) -> str:
+    """One Markdown row per group: the fastest medmix provider and its speed-up over each
+    baseline (the README's Performance table is rendered from the committed JSON by this)."""
+    lines = [f"Device: {result['device']}; torch {result['torch']}, triton {result['triton']}; commit "
+             f"{result['commit'][:10]}; {result['date']}; copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s.",
+             "", "| group | config | medmix ms | GB/s (% copy) | speed-up vs baselines |",
+             "| --- | --- | ---: | ---: | --- |"]
+    for grp in result["groups"]:
+        ours = [r for r in grp["rows"] if not r["baseline"]]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r["median_ms"])
+        sp = ", ".join(f"{k} **{v:.1f}x**" if v >= 1 else f"{k} {v:.2f}x"
+                       for k, v in sorted(best.get("speedup", {}).items(), key=lambda kv: -kv[1]))
+        lines.append(f"| {grp['name']} | {grp['config']} | {best['median_ms']:.2f} | "
+                     f"{best['gbps']:.1f} ({best['pct_copy_bw']:.0f}%) | {sp} |")
+    e2e = result.get("end_to_end")
+    if e2e and "policies" in e2e:
+        lines += ["", f"Share of one {e2e['model']} training step (B={e2e['batch']}, {e2e['size']} px, "
+                      f"AMP {e2e['amp']}, {e2e['step_ms']:.0f} ms): "
+                  + ", ".join(f"{k} {100 * v['share_of_step']:.1f}%" for k, v in e2e["policies"].items()) + "."]
+    return "\n".join(lines)
