@@ -1,0 +1,42 @@
+"""`medmix bench` runs, compares like with like, and writes its JSON and chart."""
+import json
+
+from medmix_ops import bench, cli
+
+
+def test_bench_rows_and_speedups(tmp_path):
+    result = bench.run("cpu", quick=True, names=("adm_mix", "policy_varimix"), e2e=False, progress=False)
+    assert result["copy_bandwidth_gbps"] > 0 and result["device"].startswith("cpu")
+    groups = {g["name"]: g for g in result["groups"]}
+    assert set(groups) == {"adm_mix", "policy_varimix"}
+    rows = {r["provider"]: r for r in groups["adm_mix"]["rows"]}
+    assert {"medmix_cpu", "reference_eager", "varimix_loop"} <= set(rows)
+    ours = rows["medmix_cpu"]
+    assert not ours["baseline"] and set(ours["speedup"]) >= {"reference_eager", "varimix_loop"}
+    assert ours["speedup"]["varimix_loop"] == rows["varimix_loop"]["median_ms"] / ours["median_ms"]
+    assert ours["p20_ms"] <= ours["median_ms"] <= ours["p80_ms"]
+    text = bench.format_table(result)
+    assert "adm_mix" in text and "speed-up vs baselines" in text
+    md = bench.summary_markdown(result)
+    assert "| adm_mix |" in md
+    path = bench.save_json(result, str(tmp_path / "r.json"))
+    assert json.load(open(path))["groups"][0]["rows"]
+    assert (tmp_path / "p.png").exists() is False
+    bench.save_plot(result, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").exists()
+
+
+def test_bench_command(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = cli.main(["bench", "--quick", "--ops", "patch_ratio_pool", "--no-end-to-end", "--json", str(out)])
+    assert rc == 0 and json.loads(out.read_text())["groups"][0]["name"] == "patch_ratio_pool"
+    assert "medmix_cpu" in capsys.readouterr().out
+
+
+def test_bench_cuda_without_a_gpu_is_a_clear_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    rc = cli.main(["bench", "--device", "cuda", "--quick"])
+    assert rc == 2 and "no CUDA device is available" in capsys.readouterr().err
