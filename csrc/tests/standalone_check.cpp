@@ -48,7 +48,7 @@ int main() {
                 .findSchemaOrThrow("medmix::gaussian_blend", "")
                 .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                    int64_t, bool)>();
+                    int64_t, bool, const std::optional<at::Tensor>&)>();
   const int64_t B = 2, C = 3, H = 7, W = 5;  // H, W smaller than the radius of sigma = 2.5
   const float sigma = 2.5f;
   torch::manual_seed(0);
@@ -56,7 +56,7 @@ int main() {
   auto b = torch::rand({B, C, H, W});
   auto mask = (torch::rand({B, 1, H, W}) > 0.5).to(torch::kFloat);
   auto sig = torch::full({B}, sigma);
-  auto [out, lam, alpha] = op.call(a, b, mask, sig, 8, true);
+  auto [out, lam, alpha] = op.call(a, b, mask, sig, 8, true, std::nullopt);
 
   for (int64_t n = 0; n < B; ++n) {
     std::vector<double> m(H * W);
@@ -76,9 +76,17 @@ int main() {
     expect_near(lam[n].item<double>(), mean, 1e-6, "lam");
   }
   // sigma = 0 copies pixels exactly.
-  auto [hard, hard_lam, unused] = op.call(a, b, mask, torch::zeros({B}), 0, false);
+  auto [hard, hard_lam, unused] = op.call(a, b, mask, torch::zeros({B}), 0, false, std::nullopt);
   if (!torch::equal(hard, torch::where(mask.to(torch::kBool), a, b))) {
     std::printf("FAIL sigma=0 is not an exact copy\n");
+    ++failures;
+  }
+  // b_index: partner rows gathered inside the kernel equal gathering first.
+  const auto rows = torch::tensor({1, 0}, torch::kLong);
+  auto [gathered, g_lam, g_alpha] = op.call(a, b, mask, sig, 8, false, rows);
+  auto [direct, d_lam, d_alpha] = op.call(a, b.index_select(0, rows), mask, sig, 8, false, std::nullopt);
+  if (!torch::equal(gathered, direct)) {
+    std::printf("FAIL b_index differs from gathering the rows first\n");
     ++failures;
   }
   std::printf("%s: medmix::gaussian_blend CPU kernel, %d failure(s)\n",
