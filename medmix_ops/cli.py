@@ -111,6 +111,50 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_train_classifier(args) -> int:
+    from .train.classifier import config_from_args, train_classifier
+
+    metrics = train_classifier(config_from_args(args), args.out, resume=args.resume)
+    if metrics:
+        print(f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, AUROC {metrics['auroc']:.3f}; "
+              f"per-class recall {[None if r is None else round(r, 3) for r in metrics['per_class_recall']]}")
+        print(f"metrics: {args.out}/metrics.json, confusion matrix: {args.out}/confusion.png")
+    return 0
+
+
+def _cmd_train_generator(args) -> int:
+    from .train.generator import config_from_args, train_generator
+
+    result = train_generator(config_from_args(args), args.out, resume=args.resume)
+    print(f"checkpoint: {result['checkpoint']}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .train.generator import sample_to
+
+    print(f"samples: {sample_to(args.out, args.ckpt, args.n, args.classes, args.seed)}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from .train.classifier import config_from_args
+    from .train.compare import format_table, run_compare
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    args.policy = "none"
+    base = config_from_args(args)
+    for p in policies:
+        from .policies import POLICIES
+
+        if p != "none" and p not in POLICIES:
+            raise ValueError(f"--policies: unknown policy {p!r}; choose from none, {', '.join(POLICIES)}")
+    result = run_compare(base, policies, args.seeds, args.out)
+    print(format_table(result))
+    print(f"table: {args.out}/compare.md, json: {args.out}/compare.json, plot: {args.out}/compare.png")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -159,6 +203,30 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--no-end-to-end", action="store_true", help="skip the training-step share")
     bn.set_defaults(func=_cmd_bench)
 
+    from .train import classifier as _tc, generator as _tg
+
+    tc = sub.add_parser("train-classifier", help="train a timm classifier with a mixing policy")
+    _tc.add_arguments(tc)
+    tc.set_defaults(func=_cmd_train_classifier)
+
+    tg = sub.add_parser("train-generator", help="train an i2i (VariMix), dcgan or ddpm generator")
+    _tg.add_arguments(tg)
+    tg.set_defaults(func=_cmd_train_generator)
+
+    sp = sub.add_parser("sample", help="synthetic images from a dcgan / ddpm checkpoint")
+    sp.add_argument("--ckpt", required=True)
+    sp.add_argument("--n", type=_positive_int, default=8, help="images per class")
+    sp.add_argument("--classes", type=int, nargs="+", help="default: every class")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("-o", "--out", required=True, help="grid.png, or a directory for <class>/<i>.png")
+    sp.set_defaults(func=_cmd_sample)
+
+    cp = sub.add_parser("compare", help="the same classifier with each policy and several seeds")
+    _tc.add_arguments(cp)
+    cp.add_argument("--policies", default="none,mixup,cutmix,saliencymix,spmix,varimix,meddiffusemix,genmix")
+    cp.add_argument("--seeds", type=_positive_int, default=3)
+    cp.set_defaults(func=_cmd_compare)
+
     pv = sub.add_parser("preview", help="original | partner | mask | mixed, with soft labels")
     pv.add_argument("--policy", required=True, choices=POLICIES)
     pv.add_argument("--data", default="synthlesion", help="synthlesion, an ImageFolder dir or a MedMNIST .npz")
@@ -175,7 +243,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError) as e:
         print(f"medmix {args.command}: error: {e}", file=sys.stderr)
         return 2
 

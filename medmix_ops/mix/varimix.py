@@ -54,3 +54,15 @@ class VariMix(MixPolicy):
         return dict(x=torch.cat([src, ref]), y=y, index_a=torch.cat([a, perm]),
                     index_b=torch.cat([perm, a]), weight_a=torch.cat([k, k]),
                     lam=torch.cat([area, area]), hard=True, x_hat=x_hat, mask=k)
+
+    @classmethod
+    def from_checkpoint(cls, path, num_classes: int, device: str = "cpu", **kwargs) -> "VariMix":
+        """VariMix driven by a StarGAN-v2-lite checkpoint from ``medmix train-generator --kind i2i``
+        (its EMA weights): ``x_hat = G(x, E(x[perm]))``."""
+        from ..models import load_generator
+
+        gen = load_generator(path, device)
+        if gen.config["num_classes"] != num_classes:
+            raise ValueError(f"VariMix.from_checkpoint: {path} was trained for {gen.config['num_classes']} "
+                             f"classes, not num_classes={num_classes}")
+        return cls(num_classes, gen.translator(), **kwargs)

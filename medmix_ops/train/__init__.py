@@ -1,0 +1,1 @@
+"""Reference training: generators for the policies and classifiers trained with them."""

@@ -1,0 +1,91 @@
+"""`medmix compare`: the same classifier trained with each policy and several seeds; one table,
+JSON and plot of mean +- std accuracy, macro-F1 and tail-class recall."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .classifier import ClassifierConfig, train_classifier
+from .common import CHECKPOINT, write_json
+
+
+def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
+    out = Path(out)
+    runs = {}
+    for policy in policies:
+        for seed in range(seeds):
+            cfg = dataclasses.replace(base, policy=policy, seed=base.seed + seed, stop_after=None)
+            run_dir = out / f"{policy}-seed{seed}"
+            done = run_dir / "metrics.json"
+            if done.exists():  # an interrupted compare picks up where it stopped
+                m = json.loads(done.read_text())
+            else:
+                resume = (run_dir / CHECKPOINT).exists()  # a run cut short continues exactly
+                print(f"== {policy}, seed {cfg.seed}" + (" (resuming)" if resume else ""))
+                m = train_classifier(cfg, str(run_dir), resume=resume)
+            runs.setdefault(policy, []).append(m)
+    tail = _tail_class(base)
+    table = {}
+    for policy, ms in runs.items():
+        def stat(values):
+            v = np.array([x for x in values if x is not None], dtype=np.float64)
+            return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+
+        table[policy] = dict(accuracy=stat([m["accuracy"] for m in ms]), macro_f1=stat([m["macro_f1"] for m in ms]),
+                             auroc=stat([m["auroc"] for m in ms]),
+                             tail_recall=stat([m["per_class_recall"][tail] for m in ms]), runs=len(ms))
+    result = dict(config=dataclasses.asdict(base), policies=list(policies), seeds=seeds, tail_class=tail,
+                  classes=runs[policies[0]][0]["classes"], results=table)
+    write_json(out / "compare.json", result)
+    (out / "compare.md").write_text(format_table(result) + "\n")
+    save_plot(result, out / "compare.png")
+    return result
+
+
+def _tail_class(cfg: ClassifierConfig) -> int:
+    """The rarest training class (the last one for SynthLesion's imbalance)."""
+    from .data import build_datasets
+
+    _, _, names, info = build_datasets(cfg.data, cfg.img_size, imbalance=cfg.imbalance, n_train=cfg.n_train,
+                                       n_test=1, seed=cfg.seed)
+    counts = np.bincount(np.asarray(info["labels"]), minlength=len(names))
+    return int(np.argmin(counts))
+
+
+def format_table(result: dict) -> str:
+    c = result["config"]
+    tail_name = result["classes"][result["tail_class"]]
+    lines = [f"{c['model']} on {c['data']} ({c['img_size']} px, imbalance {c['imbalance']}, {c['steps']} steps, "
+             f"batch {c['batch_size']}), {result['seeds']} seeds; tail class: {tail_name}", "",
+             "| policy | accuracy | macro-F1 | AUROC | tail recall |", "| --- | ---: | ---: | ---: | ---: |"]
+    for p in result["policies"]:
+        r = result["results"][p]
+        cell = lambda k: f"{r[k]['mean']:.3f} +- {r[k]['std']:.3f}"  # noqa: E731
+        lines.append(f"| {p} | {cell('accuracy')} | {cell('macro_f1')} | {cell('auroc')} | {cell('tail_recall')} |")
+    return "\n".join(lines)
+
+
+def save_plot(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pols = result["policies"]
+    keys = ("accuracy", "macro_f1", "tail_recall")
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(pols)), 3.2), dpi=110)
+    w = 0.8 / len(keys)
+    for i, k in enumerate(keys):
+        m = [result["results"][p][k]["mean"] for p in pols]
+        s = [result["results"][p][k]["std"] for p in pols]
+        ax.bar(np.arange(len(pols)) + i * w, m, w, yerr=s, capsize=2, label=k.replace("_", " "))
+    ax.set_xticks(np.arange(len(pols)) + w, pols, rotation=25, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{result['config']['model']} on {result['config']['data']}, {result['seeds']} seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

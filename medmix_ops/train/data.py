@@ -1,0 +1,74 @@
+"""Datasets for the training scripts: SynthLesion, an ImageFolder tree or a MedMNIST .npz, each
+with a held-out split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data import ImageFolder, MedMNIST, SynthLesion
+
+
+class Pairs(torch.utils.data.Dataset):
+    """(image, label, index) items of any dataset whose items start with (image, label): the
+    index lets an oracle translator (SynthLesion's counterfactual) find each batch's scenes."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        item = self.ds[i]
+        return item[0], item[1], i
+
+    def __getitems__(self, indices):
+        if hasattr(self.ds, "__getitems__"):
+            return [(it[0], it[1], i) for it, i in zip(self.ds.__getitems__(indices), indices)]
+        return [self[i] for i in indices]
+
+
+def build_datasets(spec: str, img_size: int, *, imbalance: float | None = None, n_train: int = 2048,
+                   n_test: int = 512, seed: int = 0, skip_bad: bool = False, test_fraction: float = 0.2):
+    """(train, test, class names, info). spec: "synthlesion", an ImageFolder directory, or a
+    MedMNIST .npz. SynthLesion's test split is balanced and drawn from another seed."""
+    if spec == "synthlesion":
+        train = SynthLesion(n_train, size=img_size, seed=seed, imbalance=imbalance)
+        test = SynthLesion(n_test, size=img_size, seed=seed + 100_000)
+        return Pairs(train), Pairs(test), list(train.classes), dict(synthlesion=train, labels=train.labels)
+    path = Path(spec)
+    if spec.endswith(".npz"):
+        train, test = MedMNIST(path, "train"), MedMNIST(path, "test")
+        if train.multi_label:
+            raise ValueError(f"{path}: multi-label MedMNIST files are not supported by train-classifier yet")
+        return (Pairs(Resized(train, img_size)), Pairs(Resized(test, img_size)),
+                [str(c) for c in range(train.num_classes)], dict(labels=train.labels))
+    if not path.exists():
+        raise FileNotFoundError(f"--data {spec}: no such file or directory (use synthlesion, an "
+                                "ImageFolder directory or a MedMNIST .npz)")
+    full = ImageFolder(path, size=img_size, skip_bad=skip_bad)
+    if not skip_bad:
+        full.check_headers()
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(full), generator=g).tolist()
+    n_test_split = max(1, int(round(test_fraction * len(full))))
+    test_idx, train_idx = order[:n_test_split], order[n_test_split:]
+    info = dict(labels=full.labels[train_idx], skipped=full.skipped)
+    return (Pairs(torch.utils.data.Subset(full, train_idx)), Pairs(torch.utils.data.Subset(full, test_idx)),
+            full.classes, info)
+
+
+class Resized(torch.utils.data.Dataset):
+    def __init__(self, ds, size: int):
+        self.ds, self.size = ds, size
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i][:2]
+        if x.shape[-1] != self.size:
+            x = torch.nn.functional.interpolate(x[None], size=(self.size, self.size), mode="bilinear",
+                                                align_corners=False, antialias=True)[0]
+        return x, y

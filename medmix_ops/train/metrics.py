@@ -1,0 +1,67 @@
+"""Classification metrics on a held-out split: accuracy, macro-F1, one-vs-rest AUROC, per-class
+recall and the confusion matrix (also as a PNG)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def auroc_binary(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUROC with ties counted half; NaN when one class is absent."""
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(allv):  # average ranks over ties
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    p = probs.double().cpu().numpy()
+    y = labels.cpu().numpy()
+    pred = p.argmax(1)
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    support = cm.sum(1)
+    recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+    predicted = cm.sum(0)
+    precision = np.where(predicted > 0, np.diag(cm) / np.maximum(predicted, 1), 0.0)
+    f1 = np.where(precision + np.nan_to_num(recall) > 0,
+                  2 * precision * np.nan_to_num(recall) / np.maximum(precision + np.nan_to_num(recall), 1e-12), 0.0)
+    present = support > 0
+    auc = [auroc_binary(p[:, c], y == c) for c in range(num_classes)]
+    return dict(accuracy=float((pred == y).mean()), macro_f1=float(f1[present].mean()),
+                auroc=float(np.nanmean(auc)) if not np.all(np.isnan(auc)) else float("nan"),
+                per_class_auroc=[None if np.isnan(a) else float(a) for a in auc],
+                per_class_recall=[None if np.isnan(r) else float(r) for r in recall],
+                confusion_matrix=cm.tolist(), samples=int(len(y)))
+
+
+def save_confusion_png(cm, class_names, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(class_names), 1 + 0.6 * len(class_names)), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,245 @@
+"""Reference training: classifier and generators run, resume exactly (also after SIGKILL),
+refuse incompatible checkpoints, evaluate, sample, compare, and run under torchrun DDP."""
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from medmix_ops import cli, mix
+from medmix_ops.models import load_generator
+from medmix_ops.train.classifier import ClassifierConfig, train_classifier
+from medmix_ops.train.generator import GeneratorConfig, train_generator
+
+# 60 images in batches of 8: every epoch ends with a partial batch, which resume must handle
+SMALL = dict(img_size=32, batch_size=8, n_train=60, n_test=32, log_every=2, progress=False)
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_classifier_outputs(tmp_path):
+    m = train_classifier(ClassifierConfig(steps=6, ckpt_every=3, policy="cutmix", **SMALL), str(tmp_path))
+    for name in ("metrics.json", "confusion.png", "log.csv", "config.json", "checkpoint.pt"):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "auroc", "per_class_recall", "confusion_matrix"):
+        assert key in saved
+    assert len(saved["per_class_recall"]) == 4 and sum(map(sum, saved["confusion_matrix"])) == 32
+    assert 0 <= m["accuracy"] <= 1
+    assert (tmp_path / "tensorboard").is_dir()
+
+
+@pytest.mark.parametrize("policy", ["saliencymix", "varimix"])
+def test_resume_is_exact(tmp_path, policy):
+    # short warm-up so the cosine schedule matters; the stop (step 8) is an epoch's partial batch
+    cfg = ClassifierConfig(steps=12, ckpt_every=4, warmup=2, policy=policy, **SMALL)
+    train_classifier(cfg, str(tmp_path / "a"))
+    stopped = train_classifier(dataclasses.replace(cfg, stop_after=8), str(tmp_path / "b"))
+    assert stopped["stopped_at"] == 8 and not (tmp_path / "b" / "metrics.json").exists()
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["sampler"] == dict(epoch=0, position=60)
+    train_classifier(cfg, str(tmp_path / "b"), resume=True)
+    a, b = weights(tmp_path / "a" / "checkpoint.pt"), weights(tmp_path / "b" / "checkpoint.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_loses_at_most_one_interval(tmp_path):
+    """A run killed with SIGKILL mid-training resumes from its last (intact) checkpoint and ends
+    with the weights of an uninterrupted run."""
+    args = ["--steps", "30", "--img-size", "32", "--batch-size", "8", "--n-train", "60", "--n-test", "16",
+            "--ckpt-every", "4", "--log-every", "4", "--warmup", "3", "--policy", "mixup"]
+    run = [sys.executable, "-m", "medmix_ops.cli", "train-classifier", *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(run + ["--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for a checkpoint past step 8, then kill mid-training
+        if ckpt.exists():
+            try:
+                if torch.load(ckpt, weights_only=True)["step"] >= 8:
+                    break
+            except Exception:  # noqa: BLE001 - being replaced right now: try again
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    assert 8 <= step_at_kill <= 30
+    res = subprocess.run(run + ["--out", str(tmp_path / "killed"), "--resume"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resuming from step {step_at_kill}" in res.stdout + res.stderr
+    full = subprocess.run(run + ["--out", str(tmp_path / "full")], env=env, capture_output=True, timeout=300)
+    assert full.returncode == 0
+    a, b = weights(tmp_path / "full" / "checkpoint.pt"), weights(ckpt)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path, capsys):
+    train_classifier(ClassifierConfig(steps=2, **SMALL), str(tmp_path))
+    with pytest.raises(ValueError, match="trained with batch_size=8, this run uses batch_size=16"):
+        train_classifier(ClassifierConfig(steps=4, **dict(SMALL, batch_size=16)), str(tmp_path), resume=True)
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot be read"):
+        train_classifier(ClassifierConfig(steps=4, **SMALL), str(tmp_path), resume=True)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train_classifier(ClassifierConfig(steps=4, **SMALL), str(tmp_path / "none"), resume=True)
+    with pytest.raises(FileExistsError, match="pass --resume to continue that run"):  # never overwritten
+        train_classifier(ClassifierConfig(steps=4, **SMALL), str(tmp_path))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == b"garbage"
+    gen = tmp_path / "gen"
+    train_generator(GeneratorConfig(kind="dcgan", steps=1, **_gsmall()), str(gen))
+    with pytest.raises(ValueError, match="is a 'generator' checkpoint, not 'classifier'"):
+        train_classifier(ClassifierConfig(steps=4, **SMALL), str(gen), resume=True)
+
+
+def _gsmall():
+    return dict(img_size=32, batch_size=8, n_train=32, width=8, log_every=1, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "ddpm", "i2i"])
+def test_generators_train_and_drive_their_policies(tmp_path, kind):
+    train_generator(GeneratorConfig(kind=kind, steps=3, ckpt_every=2, **_gsmall()), str(tmp_path))
+    gen = load_generator(tmp_path / "checkpoint.pt")
+    from medmix_ops.data import SynthLesion
+
+    ds = SynthLesion(6, size=48)
+    x, _ = ds.render(list(range(6)))
+    y = ds.labels[:6]
+    if kind == "i2i":
+        x_hat = gen.translator()(x, x.flip(0))
+        assert x_hat.shape == x.shape and 0 <= x_hat.min() and x_hat.max() <= 1
+        policy = mix.VariMix.from_checkpoint(tmp_path / "checkpoint.pt", num_classes=4)
+        out, yy = policy(x, y, generator=torch.Generator().manual_seed(0))
+        assert out.shape == (12, 3, 48, 48)
+        with pytest.raises(ValueError, match="trained for 4 classes"):
+            mix.VariMix.from_checkpoint(tmp_path / "checkpoint.pt", num_classes=5)
+        with pytest.raises(ValueError, match="needs a 'ddpm' one"):
+            gen.inpainter()
+        return
+    imgs = gen.sampler(steps=4)(y) if kind == "ddpm" else gen.sampler()(y)
+    assert imgs.shape == (6, 3, 32, 32) and 0 <= imgs.min() and imgs.max() <= 1
+    out, _ = mix.GenMix(4, gen.sampler(steps=4) if kind == "ddpm" else gen.sampler())(
+        x, y, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape  # 32 px synthetic images resized to 48 px
+    if kind == "ddpm":
+        keep = torch.zeros(6, 1, 48, 48)
+        keep[..., 10:30, 10:30] = 1
+        filled = gen.inpainter(steps=4)(x, y, keep, generator=torch.Generator().manual_seed(0))
+        assert filled.shape == x.shape
+        kept = keep.bool().expand_as(x)
+        assert torch.equal(filled[kept], x[kept])  # the kept pixels survive inpainting exactly
+        assert (filled - x).abs()[~kept].mean() > 1e-3  # and the rest was regenerated
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "i2i"])
+def test_generator_resume_is_exact(tmp_path, kind):
+    cfg = GeneratorConfig(kind=kind, steps=6, ckpt_every=2, **dict(_gsmall(), n_train=28))
+    train_generator(cfg, str(tmp_path / "a"))
+    train_generator(dataclasses.replace(cfg, stop_after=4), str(tmp_path / "b"))  # 4 = a partial batch
+    train_generator(cfg, str(tmp_path / "b"), resume=True)
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    for part in ("models", "ema"):
+        for name in a[part]:
+            assert all(torch.equal(a[part][name][k], b[part][name][k]) for k in a[part][name]), (part, name)
+
+
+def test_sample_command_and_synthetic_folder(tmp_path):
+    train_generator(GeneratorConfig(kind="dcgan", steps=2, **_gsmall()), str(tmp_path / "g"))
+    ck = str(tmp_path / "g" / "checkpoint.pt")
+    assert cli.main(["sample", "--ckpt", ck, "--n", "3", "-o", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").exists()
+    assert cli.main(["sample", "--ckpt", ck, "--n", "2", "-o", str(tmp_path / "syn")]) == 0
+    assert sorted(p.name for p in (tmp_path / "syn").iterdir()) == ["0", "1", "2", "3"]
+    policy = mix.GenMix(4, str(tmp_path / "syn"))
+    out, _ = policy(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    assert out.shape == (4, 3, 32, 32)
+
+
+def test_timm_swinv2_trains(tmp_path):
+    cfg = ClassifierConfig(steps=3, model="swinv2_cr_tiny_ns_224", **dict(SMALL, img_size=64),
+                           model_kwargs=dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4)))
+    m = train_classifier(cfg, str(tmp_path))
+    assert "accuracy" in m
+
+
+def test_compare_writes_a_table(tmp_path, capsys):
+    rc = cli.main(["compare", "--policies", "none,mixup", "--seeds", "2", "--steps", "3", "--img-size", "32",
+                   "--batch-size", "8", "--n-train", "48", "--n-test", "16", "--imbalance", "0.2",
+                   "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads((tmp_path / "compare.json").read_text())
+    assert set(result["results"]) == {"none", "mixup"} and result["results"]["mixup"]["runs"] == 2
+    assert result["classes"][result["tail_class"]] == "metastasis"
+    assert (tmp_path / "compare.md").exists() and (tmp_path / "compare.png").exists()
+    assert "tail recall" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not found")
+def test_torchrun_ddp_on_cpu(tmp_path):
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "medmix_ops.cli", "train-classifier",
+           "--steps", "4", "--img-size", "32", "--batch-size", "4", "--n-train", "32", "--n-test", "16",
+           "--ckpt-every", "2", "--device", "cpu", "--policy", "mixup", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 4 and len(ck["rng"]) == 2  # both ranks' RNG states, one checkpoint
+    assert json.loads((tmp_path / "config.json").read_text())["world_size"] == 2
+    assert (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
+                    reason="torchrun not found")
+def test_torchrun_generator_replicas_stay_in_step(tmp_path):
+    """The i2i GAN under torchrun: gradients averaged over ranks (an optimizer hook, since DDP
+    cannot do R1's double backward); the run checks every rank ends with the same weights."""
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", "29518", "-m", "medmix_ops.cli", "train-generator",
+           "--kind", "i2i", "--steps", "3", "--img-size", "32", "--batch-size", "4", "--n-train", "16",
+           "--width", "8", "--ckpt-every", "2", "--device", "cpu", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 3 and len(ck["rng"]) == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train-classifier", "--model", "no_such_model", "--steps", "1"], "--model 'no_such_model'"),
+    (["train-classifier", "--data", "/nonexistent/dir", "--steps", "1"], "no such file or directory"),
+    (["train-classifier", "--policy", "puzzlemix", "--steps", "1"], "--policy must be none or one of"),
+    (["train-classifier", "--steps", "0"], "--steps must be >= 1"),
+    (["train-classifier", "--model-kwargs", "[1]", "--steps", "1"], "--model-kwargs must be a JSON object"),
+    (["train-generator", "--kind", "ddpm", "--img-size", "40"], "must be a multiple of 16"),
+    (["sample", "--ckpt", "/nonexistent.pt"], "does not exist"),
+])
+def test_command_errors_are_one_line(tmp_path, capsys, argv, message):
+    rc = cli.main([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and err.count("\n") == 0
+
+
+def test_skip_bad_images(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray((np.random.rand(16, 16, 3) * 255).astype(np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
+    (tmp_path / "data" / "a" / "bad.png").write_bytes(b"junk")
+    args = ["train-classifier", "--data", str(tmp_path / "data"), "--steps", "2", "--img-size", "32",
+            "--batch-size", "4", "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 2 and "bad.png: cannot read image" in capsys.readouterr().err
+    assert cli.main([*args, "--skip-bad"]) == 0
+    assert "skipped 1 unreadable images" in capsys.readouterr().out
