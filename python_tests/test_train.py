@@ -21,6 +21,11 @@ from medmix_ops.train.generator import GeneratorConfig, train_generator
 SMALL = dict(img_size=32, batch_size=8, n_train=60, n_test=32, log_every=2, progress=False)
 
 
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")  # the venv's, beside its python
+TORCHRUN = TORCHRUN if os.path.exists(TORCHRUN) else shutil.which("torchrun")
+needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+
+
 def weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -184,11 +189,9 @@ def test_compare_writes_a_table(tmp_path, capsys):
     assert "tail recall" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-                    reason="torchrun not found")
+@needs_torchrun
 def test_torchrun_ddp_on_cpu(tmp_path):
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "medmix_ops.cli", "train-classifier",
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29517", "-m", "medmix_ops.cli", "train-classifier",
            "--steps", "4", "--img-size", "32", "--batch-size", "4", "--n-train", "32", "--n-test", "16",
            "--ckpt-every", "2", "--device", "cpu", "--policy", "mixup", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -199,13 +202,11 @@ def test_torchrun_ddp_on_cpu(tmp_path):
     assert (tmp_path / "metrics.json").exists()
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
-                    reason="torchrun not found")
+@needs_torchrun
 def test_torchrun_generator_replicas_stay_in_step(tmp_path):
     """The i2i GAN under torchrun: gradients averaged over ranks (an optimizer hook, since DDP
     cannot do R1's double backward); the run checks every rank ends with the same weights."""
-    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", "29518", "-m", "medmix_ops.cli", "train-generator",
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29518", "-m", "medmix_ops.cli", "train-generator",
            "--kind", "i2i", "--steps", "3", "--img-size", "32", "--batch-size", "4", "--n-train", "16",
            "--width", "8", "--ckpt-every", "2", "--device", "cpu", "--out", str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

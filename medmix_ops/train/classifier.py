@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import (CHECKPOINT, Logger, ResumableSampler, Runtime, gather_rng_states, load_checkpoint,
-                     refuse_to_overwrite, rng_state, save_checkpoint, seed_everything, set_rng_state, timer,
-                     write_json)
+from .common import (Batches, CHECKPOINT, Logger, ResumableSampler, Runtime, gather_rng_states,
+                     load_checkpoint, refuse_to_overwrite, rng_state, save_checkpoint, seed_everything,
+                     set_rng_state, timer, write_json)
 from .data import build_datasets
 from .metrics import classification_metrics, save_confusion_png
 
@@ -167,18 +167,12 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
     if rt.main:
         write_json(out / "config.json", asdict(cfg) | {"classes": names, "world_size": rt.world})
     bar = tqdm(total=total, initial=step, desc="train-classifier", disable=not (rt.main and cfg.progress))
-    consumed = sampler.position
-    it = iter(loader)
+    batches = Batches(loader, sampler)
     t0 = timer()
     model.train()
     stop_at = total if cfg.stop_after is None else min(total, cfg.stop_after)
     while step < stop_at:
-        try:
-            x, y, idx = next(it)
-        except StopIteration:
-            it, consumed = iter(loader), 0
-            continue
-        consumed += x.shape[0]
+        x, y, idx = batches.next()
         x = x.to(rt.device, non_blocking=True)
         y = y.to(rt.device, non_blocking=True)
         if rt.device.type == "cuda":
@@ -207,7 +201,7 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
             bar.set_postfix(loss=f"{loss.item():.3f}")
             t0 = timer()
         if step % cfg.ckpt_every == 0 or step in (total, stop_at):
-            _checkpoint(out, cfg, rt, model, opt, sched, sampler.state(consumed), step, policy_gen)
+            _checkpoint(out, cfg, rt, model, opt, sched, batches.state(), step, policy_gen)
     bar.close()
     log.close()
     if step < total:  # --stop-after: the checkpoint is written; --resume continues the run

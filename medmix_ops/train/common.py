@@ -9,7 +9,6 @@ run equal those of an uninterrupted one bit for bit (tested).
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .. import _io
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -147,20 +148,38 @@ class ResumableSampler(torch.utils.data.Sampler):
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+class Batches:
+    """Endless batches from a DataLoader over a ResumableSampler, epoch after epoch, counting
+    the samples of the current epoch actually used: ``state()`` is the sampler position to
+    checkpoint (the loader may have prefetched further)."""
+
+    def __init__(self, loader, sampler: ResumableSampler):
+        self.loader, self.sampler = loader, sampler
+        self.consumed = sampler.position
+        self._it = iter(loader)
+
+    def next(self):
+        while True:
+            try:
+                batch = next(self._it)
+            except StopIteration:  # end of an epoch (or of a resumed, already finished one)
+                self._it, self.consumed = iter(self.loader), 0
+                continue
+            self.consumed += len(batch[0])
+            return batch
+
+    def state(self) -> dict:
+        return self.sampler.state(self.consumed)
+
+
 # ---- checkpoints ---------------------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, payload: dict) -> Path:
     """torch.save to a temporary file, flushed to disk, then renamed: a reader (or a run killed
     mid-save) never sees a half-written checkpoint."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    payload = dict(payload, format_version=FORMAT_VERSION)
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _io.atomic_path(path, fsync=True) as tmp:
+        torch.save(dict(payload, format_version=FORMAT_VERSION), tmp)
     return path
 
 
@@ -247,12 +266,8 @@ class Logger:
 
 
 def write_json(path: Path, data: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path
+    _io.write_json(path, data)
+    return Path(path)
 
 
 class EMA:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import ClassifierConfig, train_classifier
+from .._io import save_figure, write_text
 from .common import CHECKPOINT, write_json
 
 
@@ -40,7 +41,7 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
     result = dict(config=dataclasses.asdict(base), policies=list(policies), seeds=seeds, tail_class=tail,
                   classes=runs[policies[0]][0]["classes"], results=table)
     write_json(out / "compare.json", result)
-    (out / "compare.md").write_text(format_table(result) + "\n")
+    write_text(out / "compare.md", format_table(result) + "\n")
     save_plot(result, out / "compare.png")
     return result
 
@@ -87,5 +88,4 @@ def save_plot(result: dict, path) -> None:
     ax.legend(fontsize=7)
     ax.set_title(f"{result['config']['model']} on {result['config']['data']}, {result['seeds']} seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)

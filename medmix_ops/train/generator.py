@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from ..models import KINDS, build_generator_models
-from .common import (CHECKPOINT, EMA, Logger, ResumableSampler, Runtime, gather_rng_states, load_checkpoint,
-                     refuse_to_overwrite, rng_state, save_checkpoint, seed_everything, set_rng_state,
-                     write_json)
+from .common import (Batches, CHECKPOINT, EMA, Logger, ResumableSampler, Runtime, gather_rng_states,
+                     load_checkpoint, refuse_to_overwrite, rng_state, save_checkpoint, seed_everything,
+                     set_rng_state, write_json)
 from .data import build_datasets
 
 
@@ -110,15 +110,10 @@ def _train(cfg: GeneratorConfig, out: Path, resume: bool, rt: Runtime) -> dict:
 
         diffusion = Diffusion(cfg.T)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train-generator {cfg.kind}", disable=not (rt.main and cfg.progress))
-    consumed, it = sampler.position, iter(loader)
+    batches = Batches(loader, sampler)
     stop_at = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
     while step < stop_at:
-        try:
-            x, y, _ = next(it)
-        except StopIteration:
-            it, consumed = iter(loader), 0
-            continue
-        consumed += x.shape[0]
+        x, y, _ = batches.next()
         x = (x.to(rt.device).float() * 2 - 1)  # [0, 1] -> [-1, 1]
         if x.shape[1] != cfg.channels:
             x = x.mean(1, keepdim=True).expand(-1, cfg.channels, -1, -1)
@@ -146,7 +141,7 @@ def _train(cfg: GeneratorConfig, out: Path, resume: bool, rt: Runtime) -> dict:
                     models={k: m.state_dict() for k, m in models.items()},
                     ema={k: e.model.state_dict() for k, e in emas.items()},
                     optimizers={k: o.state_dict() for k, o in opts.items()},
-                    sampler=sampler.state(consumed), rng=rngs))
+                    sampler=batches.state(), rng=rngs))
             rt.barrier()
     bar.close()
     log.close()

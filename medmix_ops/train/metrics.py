@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._io import save_figure
+
 
 def auroc_binary(scores: np.ndarray, positive: np.ndarray) -> float:
     """Mann-Whitney AUROC with ties counted half; NaN when one class is absent."""
@@ -63,5 +65,4 @@ def save_confusion_png(cm, class_names, path) -> None:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
