@@ -10,7 +10,6 @@ a note, never faked.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import platform
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _backend
+from ._io import save_figure, write_json
 from . import reference as ref
 from .mix import CutMix, GenMix, Mixup, SaliencyMix, SPMix, VariMix
 from .ops import adm_mask, adm_mix, gaussian_blend, patch_ratio_pool, saliency
@@ -492,12 +492,7 @@ def format_table(result: dict) -> str:
 
 
 def save_json(result: dict, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    return write_json(path, result, indent=1)
 
 
 def save_plot(result: dict, path: str) -> str:
@@ -524,12 +519,7 @@ def save_plot(result: dict, path: str) -> str:
     ax.set_title(f"medmix bench on {result['device']} ({result['date']})")
     ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def default_json_path(result: dict) -> str:

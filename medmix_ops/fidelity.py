@@ -10,12 +10,11 @@ normal. The label mismatch of a sample is the total-variation distance 0.5 * |y_
 """
 from __future__ import annotations
 
-import json
-import os
 
 import torch
 
 from . import policies as _policies
+from ._io import save_figure, write_json
 from .data import SynthLesion
 from .data.synthlesion import CLASSES, NORMAL
 
@@ -105,12 +104,7 @@ def format_table(result: dict) -> str:
 
 
 def save_json(result: dict, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
-    return path
+    return write_json(path, result)
 
 
 def save_plot(result: dict, path: str) -> str:
@@ -130,9 +124,4 @@ def save_plot(result: dict, path: str) -> str:
     ax.set_title(f"Soft label vs visible lesion evidence (SynthLesion n={c['n']}, {c['size']} px)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

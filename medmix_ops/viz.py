@@ -1,12 +1,13 @@
 """Small PNG helpers: labelled image grids for previews (Pillow only, no display needed)."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from ._io import atomic_path
 
 
 def to_uint8_image(x: torch.Tensor) -> np.ndarray:
@@ -53,8 +54,6 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor]], path: str, col_labels: Seq
             top = y + h + (12 if row_labels else 0)
             for j, text in enumerate(captions[i]):
                 draw.multiline_text((pad + j * (w + pad), top), str(text), fill=(0, 0, 0), spacing=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    canvas.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp)
     return path
