@@ -18,7 +18,13 @@ def check_tensor(op: str, name: str, x, *, ndim: int | None = None, layout: str 
         raise ValueError(
             f"{op}: {name} must be {ndim}-D {layout}".rstrip()
             + f", got a {x.dim()}-D tensor of shape {_shape(x)}"
+            + (VOLUME_HINT if ndim == 4 and x.dim() == 5 else "")
         )
+
+
+# 3-D volumes are rejected, not guessed at: every op and policy works on 2-D images.
+VOLUME_HINT = ("; 3-D volumes [B, C, D, H, W] are not supported: mix slice by slice by folding D into "
+               "the batch, x.transpose(1, 2).flatten(0, 1)")
 
 
 def check_image(op: str, name: str, x, dtypes=IMAGE_DTYPES) -> None:

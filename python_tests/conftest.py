@@ -9,6 +9,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 HAS_CUDA = torch.cuda.is_available()
+
+# Property-test profiles: CI runs a fixed (derandomized, reproducible) set of examples;
+# MEDMIX_FUZZ=long runs 20 times as many, freshly random each run.
+FUZZ_LONG = os.environ.get("MEDMIX_FUZZ", "").lower() == "long"
+
+
+def fuzz(n: int):
+    """hypothesis settings for a property test with n examples in CI (20 n under MEDMIX_FUZZ=long)."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=max(1, n * (20 if FUZZ_LONG else 1)), deadline=None, derandomize=not FUZZ_LONG,
+                    database=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
 # Every backend that runs on this machine is tested, none silently skipped: a missing extension

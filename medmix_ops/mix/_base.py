@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from .._validation import IMAGE_DTYPES
+from .._validation import IMAGE_DTYPES, VOLUME_HINT
 
 MODES = ("batch", "elem")
 PARTNERS = ("randperm", "flip", "class_balanced")
@@ -171,7 +171,8 @@ class MixPolicy(torch.nn.Module):
         cls = type(self).__name__
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"{cls}: x must be images [B, C, H, W], got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
+                             f"{getattr(x, 'shape', type(x).__name__)}"
+                             + (VOLUME_HINT if isinstance(x, torch.Tensor) and x.dim() == 5 else ""))
         if x.dtype not in IMAGE_DTYPES:
             raise TypeError(f"{cls}: x must be float or uint8 images, got {x.dtype}")
         if x.shape[0] < 1:

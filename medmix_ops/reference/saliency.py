@@ -98,6 +98,13 @@ def to_grey(x: torch.Tensor) -> torch.Tensor:
 
 def spectral_residual(x: torch.Tensor) -> torch.Tensor:
     """Hou & Zhang 2007 as OpenCV-contrib's StaticSaliencySpectralResidual."""
+    out, constant = spectral_residual_map(x)
+    out = normalize_min_max(out)
+    return torch.where(constant[:, None, None], torch.zeros_like(out), out)[:, None]
+
+
+def spectral_residual_map(x: torch.Tensor):
+    """The map before min-max normalisation [B, H, W] and which samples are constant [B]."""
     B, _, H, W = x.shape
     q = x.dtype == torch.uint8
     g = _round_if(to_grey(x), q)
@@ -111,8 +118,7 @@ def spectral_residual(x: torch.Tensor) -> torch.Tensor:
     phase = torch.where(amp > 0, spec / torch.where(amp > 0, amp, 1), torch.ones_like(spec))
     mag = torch.fft.ifft2(torch.exp(residual) * phase).abs()
     mag = separable_filter(mag, gaussian_taps_ksize(*SPECTRAL_BLUR)) ** 2
-    out = normalize_min_max(resize_bilinear(mag, (H, W)))
-    return torch.where(constant[:, None, None], torch.zeros_like(out), out)[:, None]
+    return resize_bilinear(mag, (H, W)), constant
 
 
 def _round_if(m: torch.Tensor, quantize: bool) -> torch.Tensor:
@@ -129,6 +135,11 @@ def fine_grained(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
     truncations: per scale n the surround mean over the 2n x 2n window (rows y-n+1 .. y+n,
     clipped to the image) without the centre pixel; on = max(c - mean, 0), off = max(mean - c, 0)
     summed over scales; intensity = on / max(on) + off / max(off); min-max normalised."""
+    return normalize_min_max(fine_grained_map(x, scales))[:, None]
+
+
+def fine_grained_map(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
+    """The intensity map before min-max normalisation, float32 [B, H, W]."""
     B, _, H, W = x.shape
     q = x.dtype == torch.uint8
     g = _round_if(separable_filter(_round_if(to_grey(x), q), smooth_taps()), q)
@@ -150,7 +161,7 @@ def fine_grained(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
     off_max = off.amax(dim=(1, 2), keepdim=True)
     intensity = (torch.where(on_max > 0, on / torch.where(on_max > 0, on_max, 1), 0)
                  + torch.where(off_max > 0, off / torch.where(off_max > 0, off_max, 1), 0))
-    return normalize_min_max(intensity.float())[:, None]
+    return intensity.float()
 
 
 def gradient(grad: torch.Tensor, reduce: str = "max", sigma: float = 3.0) -> torch.Tensor:

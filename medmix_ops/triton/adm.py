@@ -88,7 +88,8 @@ def adm_histogram_kernel(x_ptr, h_ptr, minmax_ptr, hist_ptr, C, H, W,
     lo, rng = _sample_range(minmax_ptr, bi, T, BLOCK_T)
     a = _score(x_ptr, h_ptr, bi, k // W, k % W, m, C, sx_n, sx_c, sx_h, sx_w,
                sh_n, sh_c, sh_h, sh_w, lo, rng)
-    b = tl.minimum((tl.minimum(tl.maximum(a, 0.0), 1.0) * BINS).to(tl.int32), BINS - 1)
+    a = tl.where(a > 0.0, tl.minimum(a, 1.0), 0.0)  # NaN -> bin 0: a NaN cast to int indexes anywhere
+    b = tl.minimum((a * BINS).to(tl.int32), BINS - 1)
     # Integer atomics: the histogram is exact whatever the order of the programs.
     tl.atomic_add(hist_ptr + bi * BINS + b, tl.full([CHUNK], 1, tl.int32), mask=m)
 
