@@ -114,6 +114,7 @@ class ResumableSampler(torch.utils.data.Sampler):
     def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
         self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
         self.epoch, self.position = 0, 0
+        self.iter_epoch = 0
         self.per_rank = math.ceil(n / world)
 
     def _order(self) -> list[int]:
@@ -142,10 +143,11 @@ class ResumableSampler(torch.utils.data.Sampler):
     def state(self, consumed: int) -> dict:
         """The position after `consumed` samples of this epoch were used (the loader may have
         prefetched beyond it)."""
-        return dict(epoch=getattr(self, "iter_epoch", self.epoch), position=consumed)
+        return dict(epoch=self.iter_epoch, position=consumed)
 
     def load_state(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.iter_epoch = self.epoch
 
 
 class Batches:
