@@ -15,11 +15,10 @@ def soft_label_text(y: torch.Tensor, class_names, top: int = 2) -> str:
 def policy_rows(policy, x, y, class_names, rows: int, seg=None, generator=None, label=None):
     """Runs policy once on (x, y); returns (image rows, caption rows) for the first `rows`
     outputs."""
-    policy(x, y, generator=generator, seg=seg)
+    out, ys = policy(x, y, generator=generator, seg=seg)[:2]
     last = policy.last
     if not last.get("applied", False):
         raise ValueError("the policy did not mix this batch (prob < 1, or a single image)")
-    out, ys = last["x"], last["y"]
     ia, ib = last["index_a"], last["index_b"]
     grid, caps = [], []
     for r in range(min(rows, out.shape[0])):

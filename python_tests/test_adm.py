@@ -157,6 +157,12 @@ def test_adm_mix_definition(device_backend, shape, dtype, channels_last):
     *_, written = adm_mix(x, x_hat, perm.to(device), lam, return_mask=True, backend=backend)
     assert torch.equal(written, mask)
     assert_mask_matches(mask, numpy_score(x, x_hat), lam.tolist(), "adm_mix mask")
+    # stacked: both directions in one [2B] tensor, the memory format of x
+    mixed, lams2 = adm_mix(x, x_hat, perm.to(device), lam, stacked=True, backend=backend)
+    assert mixed.shape == (2 * B, *shape[1:]) and torch.equal(mixed, torch.cat([src, ref]))
+    assert torch.equal(lams2, lams)
+    if not x.is_contiguous() and backend != "reference":
+        assert mixed.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_sliced_inputs(device_backend):
@@ -168,6 +174,32 @@ def test_sliced_inputs(device_backend):
     want = adm_mix(x.contiguous(), x_hat.contiguous(), perm, 0.3, backend="reference")
     for g, w in zip(got, want):
         assert torch.allclose(g, w)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_adm_mix_into_out(device_backend, layout):
+    """out=: the results are views of the caller's buffer (reusable across batches, any
+    strides) and equal the freshly allocated ones."""
+    device, backend = device_backend
+    x, x_hat = pair((3, 3, 37, 29), torch.float32, device, seed=8)
+    perm = torch.tensor([2, 0, 1], device=device)
+    lam = torch.tensor([0.3, 0.5, 0.4])
+    want = adm_mix(x, x_hat, perm, lam, stacked=True, return_mask=True, backend=backend)
+    if layout == "sliced":
+        out = torch.full((6, 4, 37, 31), -1.0, device=device)[:, 1:, :, 1:30]
+    else:
+        out = torch.empty(6, 3, 37, 29, device=device)
+        if layout == "channels_last":
+            out = out.contiguous(memory_format=torch.channels_last)
+    for _ in range(2):  # the same buffer, twice
+        got = adm_mix(x, x_hat, perm, lam, stacked=True, return_mask=True, out=out, backend=backend)
+        assert got[0] is out or got[0].data_ptr() == out.data_ptr()
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+    src, ref, _ = adm_mix(x, x_hat, perm, lam, out=out, backend=backend)
+    assert src.data_ptr() == out.data_ptr() and torch.equal(torch.cat([src, ref]), want[0])
+    if layout == "sliced":  # nothing outside the view was written
+        assert (out._base[:, 0] == -1).all() and (out._base[..., 0] == -1).all()
 
 
 def test_cpu_is_deterministic():
@@ -193,6 +225,11 @@ def test_opcheck(kernel_backend):
     perm = torch.tensor([1, 0], device=device)
     torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, mm, thr, False))
     torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, mm, thr, True))
+    # the [2B] output follows x into channels_last, in the fake kernel too
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (x, x_hat)]
+    torch.library.opcheck(ns.adm_mix.default, (*cl, perm, mm, thr, False))
+    out = torch.empty(4, 3, 9, 11, device=device)
+    torch.library.opcheck(ns.adm_mix_out.default, (x, x_hat, perm, mm, thr, True, out))
 
 
 def test_torch_compile_fullgraph(device_backend):
@@ -244,12 +281,27 @@ def test_adm_mask_bad_input(kwargs, exc, message):
     (dict(perm=torch.tensor([0, 2])), ValueError, "perm values must be in [0, 2), got perm[1] = 2"),
     (dict(perm=torch.tensor([-1, 0])), ValueError, "got perm[0] = -1"),
     (dict(lam="0.5"), TypeError, "lam must be a float"),
+    (dict(out=torch.empty(2, 3, 8, 8)), ValueError, "out must be [4, 3, 8, 8] torch.float32 on cpu"),
+    (dict(out=torch.empty(4, 3, 8, 8).double()), ValueError, "out must be [4, 3, 8, 8]"),
+    (dict(out=torch.empty(1, 3, 8, 8).expand(4, 3, 8, 8)), ValueError, "must not be an expanded view"),
+    (dict(out=torch.empty(4, 3, 8, 8, requires_grad=True)), ValueError, "must not require grad"),
+    (dict(out=[None]), TypeError, "out must be a tensor"),
 ])
 def test_adm_mix_bad_input(kwargs, exc, message):
     args = dict(_args(), perm=torch.tensor([1, 0]), lam=0.5)
     args.update(kwargs)
     with pytest.raises(exc, match=__import__("re").escape(message)):
         adm_mix(**args)
+
+
+def test_out_sharing_memory_with_the_input_is_refused():
+    buf = torch.rand(4, 3, 8, 8)
+    x, x_hat = buf[:2], torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="must not share memory with x or x_hat"):
+        adm_mix(x, x_hat, torch.tensor([1, 0]), 0.5, out=buf)
+    mm = torch.ops.medmix.adm_minmax(x, x_hat)
+    with pytest.raises(RuntimeError, match="must not share memory"):  # the raw op checks it too
+        torch.ops.medmix.adm_mix_out(x, x_hat, torch.tensor([1, 0]), mm, torch.zeros(2), False, buf)
 
 
 def test_raw_op_refuses_out_of_range_perm():

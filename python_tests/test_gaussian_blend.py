@@ -104,6 +104,35 @@ def test_hard_mask_copies_pixels_exactly(device_backend, dtype):
     assert torch.allclose(lam, mask.mean(dim=(1, 2, 3)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.float16, torch.float64])
+@pytest.mark.parametrize("mask_kind", ["per_sample_constant", "hard", "soft"])
+def test_sigma_zero_planes_path(device_backend, dtype, mask_kind):
+    """sigma = 0 on NCHW images: the CPU kernel's whole-plane path (several chunks per plane at
+    131 x 127, a per-sample constant mask as a stride-0 view that is never materialised),
+    with partners gathered through b_index and alpha returned."""
+    device, backend = device_backend
+    B, C, H, W = 3, 2, 131, 127
+    a, b, hard = make_inputs((B, C, H, W), dtype, device, seed=5)
+    g = torch.Generator().manual_seed(6)
+    if mask_kind == "per_sample_constant":
+        mask = torch.tensor([0.0, 0.37, 1.0]).to(device).view(B, 1, 1, 1).expand(B, 1, H, W)
+        assert mask.stride()[2:] == (0, 0)
+    else:
+        mask = hard if mask_kind == "hard" else torch.rand(B, 1, H, W, generator=g).to(device)
+    perm = torch.tensor([2, 0, 0], device=device)
+    out, lam, alpha = gaussian_blend(a, b, mask, 0.0, b_index=perm, return_alpha=True, backend=backend)
+    want_out, want_lam, want_alpha = blend_f64(a, b[perm], mask.contiguous(), 0.0)
+    atol, rtol = TOLERANCES[dtype]
+    assert_close(out, want_out, atol, rtol, "out")
+    acc_tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert_close(lam, want_lam, acc_tol, acc_tol, "lam")
+    assert_close(alpha, want_alpha, 0.0, 0.0, "alpha")
+    if mask_kind == "per_sample_constant":  # weights 0 and 1 copy pixels bit for bit
+        assert torch.equal(out[0], b[2]) and torch.equal(out[2], a[2])
+    if mask_kind == "hard":
+        assert torch.equal(out, torch.where(mask.bool(), a, b[perm]))
+
+
 def test_arbitrary_strides_and_expanded_mask(device_backend):
     """Sliced (non-dense) images, a and b in different layouts, a mask expanded over the batch."""
     device, backend = device_backend

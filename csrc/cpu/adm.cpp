@@ -18,6 +18,7 @@
 #include "../common/adm.h"
 #include "../common/adm_args.h"
 #include "../common/strides.h"
+#include "clones.h"
 
 namespace medmix {
 namespace {
@@ -43,7 +44,7 @@ constexpr int kLanes = 8;  // independent accumulators: vectorisable without rea
 // dst[k] = mask[k] ? a[k] : b[k] on the raw bits (mask 0 or 1): branch-free, so a random mask
 // costs no mispredictions, vectorisable, and exact (no float arithmetic touches the values).
 template <typename T>
-void select_rows(const uint8_t* __restrict__ mask, const T* a, const T* b, T* __restrict__ dst,
+MEDMIX_CPU_CLONES void select_rows(const uint8_t* __restrict__ mask, const T* a, const T* b, T* __restrict__ dst,
                  int64_t n) {
   using U = std::conditional_t<sizeof(T) == 1, uint8_t,
             std::conditional_t<sizeof(T) == 2, uint16_t,
@@ -58,18 +59,23 @@ void select_rows(const uint8_t* __restrict__ mask, const T* a, const T* b, T* __
   }
 }
 
+// Eight lanes as a GCC vector: min / max reductions over floats do not auto-vectorise without
+// -ffast-math (NaN order), but `d < l ? d : l` on vectors is exactly the scalar std::min per lane.
+typedef float Lanes8 __attribute__((vector_size(32)));
+typedef int32_t Ints8 __attribute__((vector_size(32)));
+
 template <typename T>
-void chunk_minmax(const T* px, const T* ph, int64_t n, float* lo, float* hi) {
-  float l[kLanes], h[kLanes];
-  std::fill(l, l + kLanes, FLT_MAX);
-  std::fill(h, h + kLanes, -FLT_MAX);
+MEDMIX_CPU_CLONES void chunk_minmax(const T* px, const T* ph, int64_t n, float* lo, float* hi) {
+  Lanes8 l, h;
+  for (int j = 0; j < kLanes; ++j) l[j] = FLT_MAX, h[j] = -FLT_MAX;
   int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const float d = std::fabs(static_cast<float>(ph[k + j]) - static_cast<float>(px[k + j]));
-      l[j] = std::min(l[j], d);
-      h[j] = std::max(h[j], d);
-    }
+  for (; k + kLanes <= n; k += kLanes) {
+    Lanes8 d;
+    for (int j = 0; j < kLanes; ++j) d[j] = static_cast<float>(ph[k + j]) - static_cast<float>(px[k + j]);
+    d = (Lanes8)((Ints8)d & 0x7fffffff);  // fabs: clear the sign bit
+    l = d < l ? d : l;                   // std::min(l, d)
+    h = h < d ? d : h;                   // std::max(h, d)
+  }
   for (; k < n; ++k) {
     const float d = std::fabs(static_cast<float>(ph[k]) - static_cast<float>(px[k]));
     l[0] = std::min(l[0], d);
@@ -80,7 +86,7 @@ void chunk_minmax(const T* px, const T* ph, int64_t n, float* lo, float* hi) {
 
 // acc[k] = A at the chunk's pixels (channel planes px + c * sx, ph + c * sh), as adm_score.
 template <typename T>
-void chunk_score(const T* px, int64_t sx, const T* ph, int64_t sh, int64_t C, int64_t n,
+MEDMIX_CPU_CLONES void chunk_score(const T* px, int64_t sx, const T* ph, int64_t sh, int64_t C, int64_t n,
                  float lo, float range, float* acc) {
   std::fill(acc, acc + n, 0.f);
   for (int64_t c = 0; c < C; ++c) {
@@ -91,6 +97,17 @@ void chunk_score(const T* px, int64_t sx, const T* ph, int64_t sh, int64_t C, in
   }
   const float inv = static_cast<float>(C);
   for (int64_t k = 0; k < n; ++k) acc[k] /= inv;
+}
+
+// on[k] = acc[k] >= t; returns how many are on.
+MEDMIX_CPU_CLONES int32_t threshold_chunk(const float* __restrict__ acc, float t,
+                                          uint8_t* __restrict__ on, int64_t n) {
+  int32_t count = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    on[k] = acc[k] >= t;
+    count += on[k];
+  }
+  return count;
 }
 
 at::Tensor adm_minmax_cpu(const at::Tensor& x, const at::Tensor& x_hat) {
@@ -221,10 +238,11 @@ at::Tensor adm_histogram_cpu(const at::Tensor& x, const at::Tensor& x_hat, const
   return hist;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(
+std::tuple<at::Tensor, at::Tensor> adm_mix_out_cpu(
     const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm_in,
-    const at::Tensor& minmax_in, const at::Tensor& lam_in, bool write_mask) {
+    const at::Tensor& minmax_in, const at::Tensor& lam_in, bool write_mask, at::Tensor& mixed) {
   check_adm_images(x, x_hat, "medmix::adm_mix");
+  check_adm_mixed(x, x_hat, mixed, "medmix::adm_mix_out");
   check_adm_minmax(x, minmax_in, "medmix::adm_mix");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   check_per_sample(lam_in, B, "lam", "medmix::adm_mix");
@@ -235,7 +253,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(
   for (int64_t i = 0; i < B; ++i)
     TORCH_CHECK(pp[i] >= 0 && pp[i] < B, "medmix::adm_mix: perm[", i, "] = ", pp[i], " is outside [0, ", B, ")");
   const int64_t T = adm_chunks(H, W);
-  auto x_src = at::empty_like(x), x_ref = at::empty_like(x);
+  auto x_src = mixed.narrow(0, 0, B), x_ref = mixed.narrow(0, B, B);
   auto count = at::empty({B, T}, x.options().dtype(at::kInt));
   auto mask = at::empty(write_mask ? at::IntArrayRef{B, 1, H, W} : at::IntArrayRef{0},
                         x.options().dtype(at::kFloat));
@@ -267,11 +285,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(
           } else {
             std::fill(acc.begin(), acc.begin() + len, -1.f);  // flat sample: empty mask
           }
-          const float t = pl[bi];
-          for (int64_t k = 0; k < len; ++k) {
-            on_mask[k] = acc[k] >= t;
-            n += on_mask[k];
-          }
+          n = threshold_chunk(acc.data(), pl[bi], on_mask.data(), len);
           if (pk)
             for (int64_t k = 0; k < len; ++k) pk[bi * H * W + k0 + k] = on_mask[k] ? 1.f : 0.f;
           // Bit selects: `cond ? own : other` compiles to a branch that mispredicts on the
@@ -301,7 +315,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(
       }
     });
   });
-  return {x_src, x_ref, count, mask};
+  return {count, mask};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(
+    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm, const at::Tensor& minmax,
+    const at::Tensor& lam, bool write_mask) {
+  return adm_mix_into_new(x, x_hat, perm, minmax, lam, write_mask, adm_mix_out_cpu);
 }
 
 }  // namespace
@@ -311,6 +331,7 @@ TORCH_LIBRARY_IMPL(medmix, CPU, m) {
   m.impl("adm_apply", &adm_apply_cpu);
   m.impl("adm_histogram", &adm_histogram_cpu);
   m.impl("adm_mix", &adm_mix_cpu);
+  m.impl("adm_mix_out", &adm_mix_out_cpu);
 }
 
 }  // namespace medmix

@@ -17,9 +17,19 @@
 #include "../common/gaussian_taps.h"
 #include "../common/pixel.h"
 #include "../common/strides.h"
+#include "clones.h"
 
 namespace medmix {
 namespace {
+
+// Every sample's radius fits max_radius (the row buffers and the hard path rely on it).
+void check_radii(const at::Tensor& sigma, int64_t max_radius) {
+  const float* s = sigma.data_ptr<float>();
+  for (int64_t i = 0; i < sigma.numel(); ++i) {
+    TORCH_CHECK(gaussian_radius(s[i]) <= max_radius, "medmix::gaussian_blend: max_radius ",
+                max_radius, " is smaller than ceil(3 * sigma[", i, "]) for sigma ", s[i]);
+  }
+}
 
 // Calls consume(b, h, alpha_row) for every row of every sample, in parallel over rows.
 // mask: contiguous [B, 1, H, W] of acc_t; sigma: contiguous float32 [B].
@@ -29,10 +39,7 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
   const int64_t B = mask.size(0), H = mask.size(2), W = mask.size(3);
   const acc_t* m = mask.data_ptr<acc_t>();
   const float* s = sigma.data_ptr<float>();
-  for (int64_t i = 0; i < B; ++i) {
-    TORCH_CHECK(gaussian_radius(s[i]) <= max_radius, "medmix::gaussian_blend: max_radius ",
-                max_radius, " is smaller than ceil(3 * sigma[", i, "]) for sigma ", s[i]);
-  }
+  check_radii(sigma, max_radius);
   // ~64K element touches per task keeps scheduling overhead small on small images.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W * (C + 2)));
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
@@ -57,7 +64,7 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
       for (int dy = -r; dy <= r; ++dy) {
         const acc_t tap = taps[dy + r];
         const acc_t* src = mb + reflect_index(h + dy, H) * W;
-        for (int64_t w = 0; w < W; ++w) col[w] += tap * src[w];
+        axpy_row(tap, src, col, W);
       }
       // Reflect-pad the row, then the horizontal pass as 2r+1 shifted vector FMAs.
       for (int64_t j = 1; j <= r; ++j) {
@@ -68,7 +75,7 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
       for (int dx = -r; dx <= r; ++dx) {
         const acc_t tap = taps[dx + r];
         const acc_t* src = col + dx;
-        for (int64_t w = 0; w < W; ++w) alpha[w] += tap * src[w];
+        axpy_row(tap, src, alpha.data(), W);
       }
       consume(bi, h, alpha.data());
     }
@@ -78,13 +85,89 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
 // Sum of a row in double with 8 independent lanes combined in a fixed order: deterministic,
 // and without the 4-cycle dependency chain of one accumulator (which dominated small images).
 template <typename acc_t>
-double row_sum(const acc_t* __restrict__ a, int64_t n) {
+MEDMIX_CPU_CLONES double row_sum(const acc_t* __restrict__ a, int64_t n) {
   double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t k = 0;
   for (; k + 8 <= n; k += 8)
     for (int j = 0; j < 8; ++j) lane[j] += a[k + j];
   for (; k < n; ++k) lane[0] += a[k];
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+// ---- sigma = 0 everywhere (hard masks, Mixup's per-sample constant weights) on NCHW planes ----
+// alpha is the mask itself, so each channel plane blends as one contiguous run: no row buffers,
+// no per-row index arithmetic (which dominated small images), and a per-sample constant mask
+// (a broadcast view, strides 0) is never materialised.
+
+constexpr int64_t kPlaneChunk = 16384;  // pixels per task
+
+bool planar(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3); }
+
+// A per-sample constant mask: [B, 1, H, W] with zero H and W strides (lam.view(B,1,1,1).expand).
+bool per_sample_constant(const at::Tensor& m) {
+  return m.stride(2) == 0 && m.stride(3) == 0;
+}
+
+template <typename scalar_t, typename acc_t>
+MEDMIX_CPU_CLONES void blend_run(const acc_t* __restrict__ alpha, const scalar_t* __restrict__ a,
+               const scalar_t* __restrict__ b, scalar_t* __restrict__ o, int64_t n) {
+  for (int64_t k = 0; k < n; ++k)
+    o[k] = store_as<scalar_t>(blend_pixel<acc_t>(alpha[k], load_as<acc_t>(a[k]), load_as<acc_t>(b[k])));
+}
+
+template <typename scalar_t, typename acc_t>
+MEDMIX_CPU_CLONES void blend_run_const(acc_t alpha, const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                     scalar_t* __restrict__ o, int64_t n) {
+  for (int64_t k = 0; k < n; ++k)
+    o[k] = store_as<scalar_t>(blend_pixel<acc_t>(alpha, load_as<acc_t>(a[k]), load_as<acc_t>(b[k])));
+}
+
+// True when it handled the call: every sigma is 0 and a, b, out are NCHW planes.
+template <typename scalar_t>
+bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask,
+                               int64_t max_radius, at::Tensor& out, at::Tensor& lam,
+                               at::Tensor* alpha_out, const int64_t* b_rows) {
+  using acc_t = acc_type_t<scalar_t>;
+  if (max_radius != 0 || !planar(a) || !planar(b) || !planar(out)) return false;
+  const bool constant = per_sample_constant(mask);
+  if (!constant && !(mask.stride(3) == 1 && mask.stride(2) == mask.size(3))) return false;
+  const int64_t B = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3), HW = H * W;
+  const int64_t T = (HW + kPlaneChunk - 1) / kPlaneChunk;
+  const Strides4 sa = strides_of(a), sb = strides_of(b), so = strides_of(out), sm = strides_of(mask);
+  const scalar_t* pa = a.data_ptr<scalar_t>();
+  const scalar_t* pb = b.data_ptr<scalar_t>();
+  scalar_t* po = out.data_ptr<scalar_t>();
+  const acc_t* pm = mask.data_ptr<acc_t>();
+  acc_t* palpha = alpha_out ? alpha_out->data_ptr<acc_t>() : nullptr;
+  std::vector<double> part(B * T);  // per-chunk sums, reduced below in a fixed order
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::min(HW, kPlaneChunk) / (C + 1));
+  at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / T, k0 = (task % T) * kPlaneChunk, n = std::min(kPlaneChunk, HW - k0);
+      const scalar_t* ra = pa + bi * sa.n + k0;
+      const scalar_t* rb = pb + (b_rows ? b_rows[bi] : bi) * sb.n + k0;
+      scalar_t* ro = po + bi * so.n + k0;
+      if (constant) {
+        const acc_t m = pm[bi * sm.n];
+        // n copies of a float32 sum exactly in double: the same lam as summing the pixels
+        part[task] = static_cast<double>(m) * static_cast<double>(n);
+        if (palpha) std::fill(palpha + bi * HW + k0, palpha + bi * HW + k0 + n, m);
+        for (int64_t c = 0; c < C; ++c) blend_run_const(m, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+      } else {
+        const acc_t* rm = pm + bi * sm.n + k0;
+        part[task] = row_sum(rm, n);
+        if (palpha) std::copy(rm, rm + n, palpha + bi * HW + k0);
+        for (int64_t c = 0; c < C; ++c) blend_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+      }
+    }
+  });
+  acc_t* plam = lam.data_ptr<acc_t>();
+  for (int64_t bi = 0; bi < B; ++bi) {
+    double sum = 0;
+    for (int64_t t = 0; t < T; ++t) sum += part[bi * T + t];
+    plam[bi] = static_cast<acc_t>(sum / static_cast<double>(HW));
+  }
+  return true;
 }
 
 template <typename scalar_t>
@@ -110,16 +193,8 @@ void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& m
     const scalar_t* rb = pb + (b_rows ? b_rows[bi] : bi) * sb.n + h * sb.h;
     scalar_t* ro = po + bi * so.n + h * so.h;
     if (rows_dense) {  // NCHW: channel-major, unit-stride inner loop
-      for (int64_t c = 0; c < C; ++c) {
-        // restrict: the output never aliases the inputs (a fresh tensor), so this vectorises
-        const scalar_t* __restrict__ xa = ra + c * sa.c;
-        const scalar_t* __restrict__ xb = rb + c * sb.c;
-        scalar_t* __restrict__ xo = ro + c * so.c;
-        for (int64_t w = 0; w < W; ++w) {
-          xo[w] = store_as<scalar_t>(
-              blend_pixel<acc_t>(alpha[w], load_as<acc_t>(xa[w]), load_as<acc_t>(xb[w])));
-        }
-      }
+      // (the output never aliases the inputs, a fresh tensor: blend_run's restrict holds)
+      for (int64_t c = 0; c < C; ++c) blend_run(alpha, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, W);
     } else {  // channels_last or other strides: pixel-major
       for (int64_t w = 0; w < W; ++w) {
         for (int64_t c = 0; c < C; ++c) {
@@ -183,13 +258,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cpu(
   auto alpha = return_alpha ? at::empty({B, 1, H, W}, a.options().dtype(acc))
                             : at::empty({0}, a.options().dtype(acc));
   if (a.numel() == 0) return {out, lam.zero_(), alpha};
-  const auto mask_c = mask.contiguous();
   const auto sigma_c = sigma.contiguous();
+  check_radii(sigma_c, max_radius);
   AT_DISPATCH_FLOATING_TYPES_AND3(
       at::kHalf, at::kBFloat16, at::kByte, a.scalar_type(), "gaussian_blend_cpu", [&] {
-        blend_forward<scalar_t>(a, b, mask_c, sigma_c, max_radius, out, lam,
-                                return_alpha ? &alpha : nullptr,
-                                rows.defined() ? rows.data_ptr<int64_t>() : nullptr);
+        const int64_t* b_rows = rows.defined() ? rows.data_ptr<int64_t>() : nullptr;
+        at::Tensor* alpha_out = return_alpha ? &alpha : nullptr;
+        if (!blend_forward_hard_planar<scalar_t>(a, b, mask, max_radius, out, lam, alpha_out, b_rows))
+          blend_forward<scalar_t>(a, b, mask.contiguous(), sigma_c, max_radius, out, lam, alpha_out,
+                                  b_rows);
       });
   return {out, lam, alpha};
 }

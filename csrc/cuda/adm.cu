@@ -206,10 +206,11 @@ at::Tensor adm_histogram_cuda(const at::Tensor& x, const at::Tensor& x_hat, cons
   return hist;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cuda(
+std::tuple<at::Tensor, at::Tensor> adm_mix_out_cuda(
     const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm_in,
-    const at::Tensor& minmax_in, const at::Tensor& lam_in, bool write_mask) {
+    const at::Tensor& minmax_in, const at::Tensor& lam_in, bool write_mask, at::Tensor& mixed) {
   check_adm_images(x, x_hat, "medmix::adm_mix");
+  check_adm_mixed(x, x_hat, mixed, "medmix::adm_mix_out");
   check_adm_minmax(x, minmax_in, "medmix::adm_mix");
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3), T = adm_chunks(H, W);
   check_per_sample(lam_in, B, "lam", "medmix::adm_mix");
@@ -219,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cuda(
   TORCH_CHECK(x.is_cuda(), "medmix::adm_mix (CUDA kernel) got a ", x.device(), " tensor");
   const c10::cuda::CUDAGuard guard(x.device());
   const auto perm = perm_in.contiguous(), minmax = minmax_in.contiguous(), lam = lam_in.contiguous();
-  auto x_src = at::empty_like(x), x_ref = at::empty_like(x);
+  auto x_src = mixed.narrow(0, 0, B), x_ref = mixed.narrow(0, B, B);
   auto count = at::empty({B, T}, x.options().dtype(at::kInt));
   auto mask = at::empty(write_mask ? at::IntArrayRef{B, 1, H, W} : at::IntArrayRef{0},
                         x.options().dtype(at::kFloat));
@@ -232,7 +233,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> adm_mix_cuda(
         H * W, strides_of(x), strides_of(x_hat), strides_of(x_src), strides_of(x_ref));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {x_src, x_ref, count, mask};
+  return {count, mask};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cuda(
+    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm, const at::Tensor& minmax,
+    const at::Tensor& lam, bool write_mask) {
+  return adm_mix_into_new(x, x_hat, perm, minmax, lam, write_mask, adm_mix_out_cuda);
 }
 
 }  // namespace
@@ -242,6 +249,7 @@ TORCH_LIBRARY_IMPL(medmix, CUDA, m) {
   m.impl("adm_apply", &adm_apply_cuda);
   m.impl("adm_histogram", &adm_histogram_cuda);
   m.impl("adm_mix", &adm_mix_cuda);
+  m.impl("adm_mix_out", &adm_mix_out_cuda);
 }
 
 }  // namespace medmix

@@ -9,6 +9,7 @@ module handles validation, targets, partners, lam, ``prob``, segmentation masks 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -24,9 +25,17 @@ def one_hot_targets(y: torch.Tensor, num_classes: int, smoothing: float, device)
     on = 1 - smoothing + off; [B, K] soft / one-hot / multi-label targets pass through."""
     if y.dim() == 1:
         off = smoothing / num_classes
+        if y.device.type == "cpu" and torch.device(device).type == "cpu":
+            # numpy on the host: ~5x cheaper than the tensor ops on a small batch (checked
+            # labels: _check_inputs has range-checked CPU labels)
+            t = np.full((y.shape[0], num_classes), off, dtype=np.float32)
+            t[np.arange(y.shape[0]), y.numpy()] = 1.0 - smoothing + off
+            return torch.from_numpy(t)
         # A comparison, not scatter / F.one_hot: an unchecked out-of-range label on a GPU can
         # never raise a device assert (its row is all `off`).
         hit = y.to(device=device, dtype=torch.long)[:, None] == torch.arange(num_classes, device=device)
+        if smoothing == 0.0:
+            return hit.to(torch.float32)  # one op instead of where's three (exactly 1 and 0)
         return torch.where(hit, 1.0 - smoothing + off, off).to(torch.float32)
     return y.to(device=device, dtype=torch.float32)
 
@@ -47,7 +56,8 @@ class MixPolicy(torch.nn.Module):
     After each call ``policy.last`` holds what was done: ``index_a`` / ``index_b`` (anchor and
     partner rows of the input batch per output row; -1 for a synthetic partner), ``weight_a``
     (per-pixel weight of the anchor, ``[B', 1, H, W]``), ``lam`` (label weight of the anchor
-    per output row) and policy-specific entries.
+    per output row), ``y`` (the soft targets) and policy-specific entries. It never holds the
+    mixed images (that would keep a second batch alive between calls).
     """
 
     name = "mix"
@@ -93,7 +103,9 @@ class MixPolicy(torch.nn.Module):
         seg4 = self._check_seg(seg, x)
         B = x.shape[0]
         targets = self.targets_of(y, x.device)
-        labels = (y if y.dim() == 1 else y.argmax(dim=1)).to(device=x.device, dtype=torch.long)
+        labels = y if y.dim() == 1 else y.argmax(dim=1)
+        if labels.device != x.device or labels.dtype != torch.long:
+            labels = labels.to(device=x.device, dtype=torch.long)
         # Class counts are needed on the host only for class-balanced partners (one sync
         # when the labels live on a GPU); every other path stays on the device.
         labels_host = labels.cpu() if self.partner == "class_balanced" else None
@@ -107,11 +119,12 @@ class MixPolicy(torch.nn.Module):
         except TypeError as e:
             raise TypeError(f"{cls}: {e}") from None
         out = self._mix(x, targets, labels, params)
+        x_mix = out.pop("x")  # not kept in `last`: a batch of memory held until the next call
         # (the instance dict directly: nn.Module.__setattr__ is slow, and `last` is plain data)
         self.__dict__["last"] = {"applied": True, **params, **out}  # out's lam (label weight) wins
         if seg is None:
-            return out["x"], out["y"]
-        return out["x"], out["y"], self._mix_seg(seg4, seg, out)
+            return x_mix, out["y"]
+        return x_mix, out["y"], self._mix_seg(seg4, seg, out)
 
     __call__ = torch.nn.Module.__call__
 
@@ -154,16 +167,26 @@ class MixPolicy(torch.nn.Module):
             if t.numel() != B or bool(((t < 0) | (t > 1)).any()):
                 raise ValueError(f"lam must be a float or [B] = [{B}] in [0, 1], got {lam!r}")
             return t.clone()
-        n = B if self.mode == "elem" else 1
-        return torch.from_numpy(rng.beta(self.alpha, self.alpha, size=n)).expand(B).clone()
+        if self.mode == "elem":
+            return torch.from_numpy(rng.beta(self.alpha, self.alpha, size=B))
+        return torch.from_numpy(np.full(B, rng.beta(self.alpha, self.alpha)))
 
     @staticmethod
     def mix_targets(t: torch.Tensor, index_a, index_b, lam: torch.Tensor,
                     t_b: torch.Tensor | None = None) -> torch.Tensor:
-        """lam * t[a] + (1 - lam) * t[b] (t_b: the partner targets when they are not rows of t)."""
+        """lam * t[a] + (1 - lam) * t[b] (t_b: the partner targets when they are not rows of t;
+        index_a None: the rows of t in order, without a gather)."""
+        on_host = [v for v in (t, lam, index_a, index_b, t_b) if v is not None]
+        if all(v.device.type == "cpu" and not v.requires_grad for v in on_host):
+            # the same float32 operations in numpy: bit-identical and ~4x cheaper on the host
+            tn, ln = t.numpy(), lam.numpy().astype(np.float32)[:, None]
+            tbn = tn[index_b.numpy()] if t_b is None else t_b.numpy()
+            tan = tn if index_a is None else tn[index_a.numpy()]
+            return torch.from_numpy(ln * tan + (np.float32(1) - ln) * tbn)
         lam = lam.to(device=t.device, dtype=torch.float32)[:, None]
-        tb = t[index_b.to(t.device)] if t_b is None else t_b
-        return lam * t[index_a.to(t.device)] + (1 - lam) * tb
+        tb = t.index_select(0, index_b.to(t.device)) if t_b is None else t_b
+        ta = t if index_a is None else t.index_select(0, index_a.to(t.device))
+        return lam * ta + (1 - lam) * tb
 
     # ---- validation and segmentation masks --------------------------------------------------
 
@@ -185,10 +208,11 @@ class MixPolicy(torch.nn.Module):
                 raise ValueError(f"{cls}: integer labels y must be [B] = [{B}] ints, got {y.dtype} {list(y.shape)}")
             # Checked when the labels are on the CPU (free); labels on a GPU are trusted (a check
             # would cost a host sync per batch).
-            yc = y.detach()
-            if yc.device.type == "cpu" and bool(((yc < 0) | (yc >= self.num_classes)).any()):
-                raise ValueError(f"{cls}: labels must be in [0, num_classes = {self.num_classes}), got "
-                                 f"min {int(yc.min())}, max {int(yc.max())}")
+            if y.device.type == "cpu":
+                lo, hi = (int(v) for v in torch.aminmax(y.detach()))
+                if lo < 0 or hi >= self.num_classes:
+                    raise ValueError(f"{cls}: labels must be in [0, num_classes = {self.num_classes}), "
+                                     f"got min {lo}, max {hi}")
         elif y.dim() == 2:
             if y.shape != (B, self.num_classes) or not y.dtype.is_floating_point:
                 raise ValueError(f"{cls}: targets y must be float [B, K] = [{B}, {self.num_classes}], "
@@ -231,9 +255,24 @@ class MixPolicy(torch.nn.Module):
         return mixed[:, 0] if seg.dim() == 3 else mixed
 
 
+_rng_cache = threading.local()
+
+
 def _host_rng(generator: torch.Generator | None) -> np.random.Generator:
     """A numpy Generator seeded from the torch generator (or torch's global RNG): all of a
     policy's randomness is drawn on the host, so the same generator state gives the same
-    result on any device, with no device sync."""
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
-    return np.random.default_rng(seed)
+    result on any device, with no device sync.
+
+    The 128-bit PCG64 state is two uniform 62-bit draws of the torch generator, set into one
+    reused bit generator per thread: ``np.random.default_rng(seed)`` (SeedSequence hashing and
+    a new object) costs ~25 us, a quarter of a small batch's whole mixing time. The returned
+    Generator is valid until the thread's next call, which is how policies use it."""
+    s = torch.randint(0, 2 ** 62, (2,), generator=generator).tolist()
+    cache = getattr(_rng_cache, "v", None)
+    if cache is None:
+        bits = np.random.PCG64(0)
+        cache = _rng_cache.v = (bits, np.random.Generator(bits), bits.state["state"]["inc"])
+    bits, rng, inc = cache
+    bits.state = {"bit_generator": "PCG64", "state": {"state": (s[0] << 64) | s[1], "inc": inc},
+                  "has_uint32": 0, "uinteger": 0}
+    return rng

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import gaussian_blend
+from ..ops.gaussian_blend import blend_trusted
 from ._base import MixPolicy
 
 
@@ -24,12 +24,10 @@ class Mixup(MixPolicy):
 
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
-        perm, lam = p["perm"], p["lam"].float()
-        a = torch.arange(B)
+        perm, lam = p["perm"], p["lam"].to(device=x.device, dtype=torch.float32)
         # lam as a per-sample, broadcast (not materialised) mask of the fused blend
-        w = lam.to(x.device).view(B, 1, 1, 1).expand(B, 1, H, W)
+        w = lam.as_strided((B, 1, H, W), (1, 0, 0, 0))
         # partners are gathered inside the kernel (b_index): no copy of x[perm]
-        out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm.to(x.device), backend=self.backend,
-                                validate=False)
-        return dict(x=out, y=self.mix_targets(targets, a, perm, lam), index_a=a, index_b=perm,
-                    weight_a=w, lam=lam, hard=False)
+        out = blend_trusted(x, x, w, 0.0, perm, self.backend)
+        return dict(x=out, y=self.mix_targets(targets, None, perm, lam), index_a=torch.arange(B),
+                    index_b=perm, weight_a=w, lam=lam, hard=False)

@@ -5,7 +5,7 @@ import torch
 
 from ..ops import gaussian_blend, saliency
 from ._base import MixPolicy
-from .cutmix import box_mask, paste_box
+from .cutmix import box_mask, outside_box, paste_box
 
 
 class SaliencyMix(MixPolicy):
@@ -60,7 +60,8 @@ class SaliencyMix(MixPolicy):
             w = 1.0 - box_mask(boxes, H, W, dev)
             out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm, backend=self.backend, validate=False)
         else:  # one box (the official code): clone + paste the region (one small host read)
-            w = (1.0 - box_mask(boxes[:1], H, W, dev)).expand(B, 1, H, W)
-            out = paste_box(x, perm, boxes[0].tolist())
+            box = boxes[0].tolist()
+            w = outside_box(box, H, W, dev).expand(B, 1, H, W)
+            out = paste_box(x, perm, box)
         return dict(x=out, y=self.mix_targets(targets, a, p["perm"], lam), index_a=a,
                     index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes, saliency=s)

@@ -44,14 +44,15 @@ class VariMix(MixPolicy):
         if not isinstance(x_hat, torch.Tensor) or x_hat.shape != x.shape:
             raise ValueError(f"VariMix: the translator must return images shaped like x {list(x.shape)}, "
                              f"got {getattr(x_hat, 'shape', type(x_hat).__name__)}")
-        src, ref, lam2, k = adm_mix(x, x_hat.to(dtype=x.dtype, device=x.device), perm.to(x.device),
-                                    p["lam"].float(), return_mask=True, backend=self.backend,
-                                    validate=False)
+        # both directions land in one [2B] tensor: no torch.cat copy of the output batch
+        mixed, lam2, k = adm_mix(x, x_hat.to(dtype=x.dtype, device=x.device), perm.to(x.device),
+                                 p["lam"].float(), return_mask=True, stacked=True,
+                                 backend=self.backend, validate=False)
         area = 1.0 - lam2
         a = torch.arange(B)
-        y = torch.cat([self.mix_targets(targets, a, perm, area),
+        y = torch.cat([self.mix_targets(targets, None, perm, area),
                        self.mix_targets(targets, perm, a, area)])
-        return dict(x=torch.cat([src, ref]), y=y, index_a=torch.cat([a, perm]),
+        return dict(x=mixed, y=y, index_a=torch.cat([a, perm]),
                     index_b=torch.cat([perm, a]), weight_a=torch.cat([k, k]),
                     lam=torch.cat([area, area]), hard=True, x_hat=x_hat, mask=k)
 

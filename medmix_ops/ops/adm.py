@@ -61,7 +61,8 @@ def adm_mask(x: torch.Tensor, x_hat: torch.Tensor, lam=0.5, mode: str = "lambda"
 
 
 def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
-            return_mask: bool = False, backend: str = "auto", validate: bool = True):
+            return_mask: bool = False, stacked: bool = False, out: torch.Tensor | None = None,
+            backend: str = "auto", validate: bool = True):
     """VariMix bidirectional mixing through the ADM mask, fused (two kernels, no host sync).
 
     ``K = adm_mask(x, x_hat, lam)``; ``x_src' = K x + (1 - K) x[perm]``,
@@ -74,30 +75,64 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
         perm: partner index per sample, integer ``[B]`` in [0, B).
         lam: threshold, a float or per sample ``[B]`` in [0, 1].
         return_mask: also return the mask K ``[B, 1, H, W]`` float32 (written by the same pass).
+        stacked: return both directions as one ``Tensor[2B, C, H, W]`` (the x_src' rows, then
+            the x_ref' rows: the batch VariMix trains on), which the kernels write directly;
+            ``torch.cat`` of the two halves would copy them again.
+        out: optional ``Tensor[2B, C, H, W]`` of x's dtype and device (any strides) to write
+            into, e.g. one buffer reused across batches: a fresh output's first-touch page
+            faults cost more than the kernel on a CPU. It must not share memory with x or
+            x_hat; the results are views of it.
         validate: check CUDA ``perm`` / ``lam`` values (one host sync each); False skips it
             (the kernels clamp indices, so memory stays safe).
 
     Returns:
-        ``(x_src', x_ref', lam')``: two ``Tensor[B, C, H, W]`` like ``x`` and float32 ``[B]``;
-        ``(x_src', x_ref', lam', mask)`` with ``return_mask``.
-        Mask pixels are copied bit for bit. Not differentiable (inputs are detached).
+        ``(x_src', x_ref', lam')``: two ``Tensor[B, C, H, W]`` like ``x`` (the two halves of one
+        buffer) and float32 ``[B]``; ``(mixed [2B, C, H, W], lam')`` with ``stacked``; the mask
+        appended with ``return_mask``. Mask pixels are copied bit for bit. Not differentiable
+        (inputs are detached).
     """
     _check_pair("adm_mix", x, x_hat)
     B, _, H, W = x.shape
     perm_t = check_perm("adm_mix", perm, B, x.device, validate=validate)
     lam_t, _ = per_sample_values("adm_mix", "lam", lam, B, x.device, 0.0, 1.0, validate=validate)
     x, x_hat = x.detach(), x_hat.detach()
-    if not isinstance(return_mask, bool):
-        raise TypeError(f"adm_mix: return_mask must be a bool, got {type(return_mask).__name__}")
+    for name, flag in (("return_mask", return_mask), ("stacked", stacked)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"adm_mix: {name} must be a bool, got {type(flag).__name__}")
+    if out is not None:
+        _check_out(x, x_hat, out)
     which = _backend.resolve(OP, backend, x.device)
     if which == "reference":
         x_src, x_ref, lam2, mask = _ref.adm_mix(x, x_hat, perm_t, lam_t)
+        mixed = torch.cat([x_src, x_ref]) if out is None else torch.cat([x_src, x_ref], out=out)
     else:
         ns = _backend.ops_namespace(which)
         minmax = ns.adm_minmax(x, x_hat)
-        x_src, x_ref, count, mask = ns.adm_mix(x, x_hat, perm_t, minmax, lam_t, return_mask)
+        if out is None:
+            mixed, count, mask = ns.adm_mix(x, x_hat, perm_t, minmax, lam_t, return_mask)
+        else:
+            count, mask = ns.adm_mix_out(x, x_hat, perm_t, minmax, lam_t, return_mask, out)
+            mixed = out
         lam2 = 1.0 - count.sum(dim=1).float() / (H * W)
-    return (x_src, x_ref, lam2, mask) if return_mask else (x_src, x_ref, lam2)
+    out = (mixed, lam2) if stacked else (mixed[:B], mixed[B:], lam2)
+    return out + (mask,) if return_mask else out
+
+
+def _check_out(x: torch.Tensor, x_hat: torch.Tensor, out) -> None:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"adm_mix: out must be a tensor [2B, C, H, W], got {type(out).__name__}")
+    want = (2 * x.shape[0], *x.shape[1:])
+    if tuple(out.shape) != want or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"adm_mix: out must be {list(want)} {x.dtype} on {x.device} (x_src' rows, then "
+                         f"x_ref' rows), got {list(out.shape)} {out.dtype} on {out.device}")
+    if out.requires_grad:
+        raise ValueError("adm_mix: out must not require grad (adm_mix is not differentiable)")
+    if any(st == 0 and n > 1 for st, n in zip(out.stride(), out.shape)):
+        raise ValueError(f"adm_mix: out must not be an expanded view (stride 0), got strides {list(out.stride())}")
+    ptr = out.untyped_storage().data_ptr()
+    if ptr in (x.untyped_storage().data_ptr(), x_hat.untyped_storage().data_ptr()):
+        raise ValueError("adm_mix: out must not share memory with x or x_hat (the kernel reads "
+                         "partners from x while it writes)")
 
 
 # ---- torch.library registration: Triton ops and fake kernels -----------------------------------
@@ -135,7 +170,7 @@ def _adm_histogram_triton(x: torch.Tensor, x_hat: torch.Tensor, minmax: torch.Te
 @torch.library.custom_op("medmix_triton::adm_mix", mutates_args=())
 def _adm_mix_triton(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, minmax: torch.Tensor,
                     lam: torch.Tensor, write_mask: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..triton import adm as tk
 
     return tk.adm_mix(x, x_hat, perm, minmax, lam, write_mask)
@@ -149,9 +184,32 @@ _backend.register_fake_both(
         x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32)))
 _backend.register_fake_both(
     "adm_histogram", lambda x, x_hat, minmax: x.new_empty((x.shape[0], BINS), dtype=torch.int32))
+@torch.library.custom_op("medmix_triton::adm_mix_out", mutates_args=("mixed",))
+def _adm_mix_out_triton(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, minmax: torch.Tensor,
+                        lam: torch.Tensor, write_mask: bool, mixed: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..triton import adm as tk
+
+    return tk.adm_mix(x, x_hat, perm, minmax, lam, write_mask, mixed)[1:]
+
+
+def mixed_output(x: torch.Tensor) -> torch.Tensor:
+    """adm_mix's [2B, C, H, W] output (x_src' rows, then x_ref' rows), channels_last exactly when
+    x is: the rule of adm_mixed_output in csrc/common/adm_args.h (used by the Triton kernel and
+    the fake kernel, whose strides opcheck compares with the real ones)."""
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.empty((2 * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+
 _backend.register_fake_both(
     "adm_mix", lambda x, x_hat, perm, minmax, lam, write_mask: (
-        torch.empty_like(x), torch.empty_like(x),
+        mixed_output(x),
+        x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32),
+        x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]) if write_mask else (0,),
+                    dtype=torch.float32)))
+_backend.register_fake_both(
+    "adm_mix_out", lambda x, x_hat, perm, minmax, lam, write_mask, mixed: (
         x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32),
         x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]) if write_mask else (0,),
                     dtype=torch.float32)))

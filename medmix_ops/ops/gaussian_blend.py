@@ -76,17 +76,33 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
     if not isinstance(return_alpha, bool):
         raise TypeError(f"{OP}: return_alpha must be a bool, got {type(return_alpha).__name__}")
     sigma_t, max_radius = sigma_to_tensor(OP, sigma, a.shape[0], a.device)
-    mask = mask.to(opmath_dtype(a.dtype))
+    out, lam, alpha = _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend)
+    return (out, lam, alpha) if return_alpha else (out, lam)
+
+
+def _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend):
+    acc = opmath_dtype(a.dtype)
+    if mask.dtype != acc:
+        mask = mask.to(acc)
     which = _backend.resolve(OP, backend, a.device)
     if which == "reference":
-        out, lam, alpha = _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
-    elif which == "triton":
-        out, lam, alpha = torch.ops.medmix_triton.gaussian_blend(a, b, mask, sigma_t, max_radius,
-                                                                 return_alpha, b_index)
-    else:  # "cpu" / "cuda": the C++ op dispatches on the device itself
-        out, lam, alpha = torch.ops.medmix.gaussian_blend(a, b, mask, sigma_t, max_radius,
-                                                          return_alpha, b_index)
-    return (out, lam, alpha) if return_alpha else (out, lam)
+        return _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
+    # "cpu" / "cuda": the C++ op dispatches on the device itself
+    return _backend.ops_namespace(which).gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha,
+                                                        b_index)
+
+
+def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float,
+                  b_index: torch.Tensor | None, backend: str = "auto") -> torch.Tensor:
+    """``gaussian_blend(...)[0]`` for arguments the caller built itself (the mixing policies):
+    no validation, one sigma for the batch. Argument checks cost more than the fused kernel on
+    a small batch (~0.1 ms at 32 x 3 x 64^2 on 2 CPU cores); user input goes through
+    ``gaussian_blend``, and the C++ kernels keep their own memory-safety checks."""
+    sigma_t = torch.full((a.shape[0],), float(sigma), dtype=torch.float32, device=a.device)
+    max_radius = math.ceil(3.0 * sigma * (1.0 + 2.0 ** -20))
+    if b_index is not None and (b_index.device != a.device or b_index.dtype != torch.int64):
+        b_index = b_index.to(device=a.device, dtype=torch.int64)
+    return _run(a, b, mask, sigma_t, max_radius, False, b_index, backend)[0]
 
 
 def sigma_to_tensor(op: str, sigma: SigmaLike, batch: int, device: torch.device,
