@@ -49,27 +49,58 @@ class Group:
 # ---- timing ---------------------------------------------------------------------------------------
 
 def measure(fn: Callable, device: str, budget_s: float, max_reps: int, warmup: int = 2) -> list[float]:
-    """Seconds per call: CUDA events on a GPU (no host timer in the loop), perf_counter on CPU."""
+    """Seconds per call of one function: CUDA events on a GPU (no host timer in the loop),
+    perf_counter on CPU."""
     for _ in range(warmup):
         fn()
-    times = []
     if device == "cuda":
         torch.cuda.synchronize()
-        start = time.perf_counter()
-        while len(times) < max_reps and (time.perf_counter() - start < budget_s or len(times) < 5):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        return times
+    times = []
     start = time.perf_counter()
     while len(times) < max_reps and (time.perf_counter() - start < budget_s or len(times) < 3):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        times.append(_time_call(fn, device))
     return times
+
+
+def _time_call(fn: Callable, device: str) -> float:
+    """Seconds of one call: CUDA events on a GPU, perf_counter on CPU."""
+    if device == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure_interleaved(providers: dict, device: str, budget_s: float, max_rounds: int,
+                        warmup: int = 2) -> dict:
+    """Times every provider of a group in rounds, one call each per round in a rotating order,
+    so that a slow phase of a shared machine (page-fault storms, a noisy neighbour) hits every
+    provider alike and the ratios stay meaningful. Returns {name: [seconds, ...]} and, for a
+    provider that raised, {name: exception}."""
+    live, out = {}, {}
+    for name, fn in providers.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            live[name] = fn
+            out[name] = []
+        except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
+            out[name] = e
+    if device == "cuda":
+        torch.cuda.synchronize()
+    names = list(live)
+    start, rounds = time.perf_counter(), 0
+    while names and rounds < max_rounds and (time.perf_counter() - start < budget_s * len(names) or rounds < 3):
+        k = rounds % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(_time_call(live[name], device))
+        rounds += 1
+    return out
 
 
 def copy_bandwidth(device: str) -> float:
@@ -457,11 +488,11 @@ def run(device: str = "cpu", quick: bool = False, names=GROUPS, e2e: bool = True
     groups = build_groups(device, quick, names)
     for grp in tqdm(groups, desc="medmix bench", disable=not progress):
         rows = []
+        timed = measure_interleaved(grp.providers, device, budget, reps)
         for pname, fn in grp.providers.items():
-            try:
-                times = measure(fn, device, budget, reps)
-            except Exception as e:  # noqa: BLE001 - a failing peer is reported, not fatal
-                grp.notes.append(f"{pname} failed: {type(e).__name__}: {str(e)[:120]}")
+            times = timed[pname]
+            if isinstance(times, Exception):
+                grp.notes.append(f"{pname} failed: {type(times).__name__}: {str(times)[:120]}")
                 continue
             med = statistics.median(times)
             q = np.percentile(times, [20, 80])

@@ -40,3 +40,21 @@ def test_bench_cuda_without_a_gpu_is_a_clear_error(capsys):
         return
     rc = cli.main(["bench", "--device", "cuda", "--quick"])
     assert rc == 2 and "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_measure_interleaved_rotates_and_reports_failures():
+    calls = []
+
+    def make(name):
+        return lambda: calls.append(name)
+
+    def broken():
+        raise RuntimeError("peer exploded")
+
+    timed = bench.measure_interleaved({"a": make("a"), "b": make("b"), "c": make("c"), "bad": broken},
+                                      "cpu", budget_s=0.0, max_rounds=6, warmup=1)
+    assert isinstance(timed["bad"], RuntimeError)
+    assert all(len(timed[k]) == 3 for k in "abc")  # budget 0: the minimum of three rounds
+    rounds = [calls[3 + 3 * i: 6 + 3 * i] for i in range(3)]  # after one warm-up call each
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]  # each goes first once
+    assert all(t >= 0 for k in "abc" for t in timed[k])
