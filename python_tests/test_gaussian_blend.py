@@ -2,6 +2,7 @@
 autograd, torch.library integration, determinism and bad input."""
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -245,9 +246,13 @@ def test_cuda_kernels_registered():
                 and (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")))
     if not expected:
         pytest.skip("extension built without CUDA (no CUDA torch, no nvcc, or MEDMIX_CUDA=0)")
-    for op in ("gaussian_blend", "gaussian_blend_backward"):
+    # every op csrc/ops.cpp defines, read from the source so that a new op cannot be missed
+    src = open(os.path.join(os.path.dirname(__file__), "..", "csrc", "ops.cpp")).read()
+    ops = re.findall(r'"([a-z_]+)\(Tensor', src)
+    assert {"gaussian_blend", "adm_mix", "adm_mix_out", "saliency_map", "patch_pool"} <= set(ops)
+    for op in ops:
         assert _backend.has_kernel(op, "CUDA"), torch._C._dispatch_dump(f"medmix::{op}")
-        assert _backend.has_kernel(op, "CPU")
+        assert _backend.has_kernel(op, "CPU"), op
 
 
 def test_extension_and_triton_present():
