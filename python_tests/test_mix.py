@@ -74,6 +74,7 @@ def test_contract(name):
     assert out_seg.shape == (rows, 1, 32, 32)
     last = p.last
     assert last["applied"] and last["index_a"].shape == (rows,) and last["weight_a"].shape[0] == rows
+    assert "x" not in last  # the mixed batch is returned, never kept alive by the policy
     w = last["weight_a"]
     assert ((w >= 0) & (w <= 1)).all()
 
@@ -319,3 +320,23 @@ def test_bad_call(args, exc, message):
     call.update(args)
     with pytest.raises(exc, match=__import__("re").escape(message)):
         mix.Mixup(4)(**call)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_one_hot_targets_definition_and_out_of_range_rows(smoothing):
+    """timm's mixup_target convention; an out-of-range label (unchecked labels on a GPU reach
+    it that way) gives a row of all `off` on every path, never an error or a wrapped index."""
+    from medmix_ops.mix import one_hot_targets
+
+    K = 4
+    y = torch.tensor([0, 3, -1, 7, 2], dtype=torch.int32)
+    off = smoothing / K
+    want = torch.full((5, K), off)
+    for r, c in ((0, 0), (1, 3), (4, 2)):
+        want[r, c] = 1 - smoothing + off
+    got = one_hot_targets(y, K, smoothing, "cpu")
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    got_meta = one_hot_targets(y.to("meta"), K, smoothing, "meta")  # the device (comparison) path
+    assert got_meta.shape == (5, K) and got_meta.dtype == torch.float32
+    soft = torch.rand(5, K)
+    assert torch.equal(one_hot_targets(soft, K, smoothing, "cpu"), soft)  # [B, K] passes through
