@@ -186,6 +186,7 @@ def test_compare_writes_a_table(tmp_path, capsys):
     assert set(result["results"]) == {"none", "mixup"} and result["results"]["mixup"]["runs"] == 2
     assert result["classes"][result["tail_class"]] == "metastasis"
     assert (tmp_path / "compare.md").exists() and (tmp_path / "compare.png").exists()
+    assert (tmp_path / "compare_loss.png").stat().st_size > 0
     assert "tail recall" in capsys.readouterr().out
 
 

@@ -1,5 +1,6 @@
 """`medmix compare`: the same classifier trained with each policy and several seeds; one table,
-JSON and plot of mean +- std accuracy, macro-F1 and tail-class recall."""
+JSON and plot of mean +- std accuracy, macro-F1 and tail-class recall, and the training-loss
+curves."""
 from __future__ import annotations
 
 import dataclasses
@@ -43,6 +44,7 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
     write_json(out / "compare.json", result)
     write_text(out / "compare.md", format_table(result) + "\n")
     save_plot(result, out / "compare.png")
+    save_loss_plot(out, policies, seeds, out / "compare_loss.png")
     return result
 
 
@@ -87,5 +89,34 @@ def save_plot(result: dict, path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     ax.set_title(f"{result['config']['model']} on {result['config']['data']}, {result['seeds']} seeds", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_loss_plot(out: Path, policies, seeds: int, path) -> None:
+    """Training loss against step per policy (mean over seeds of the logged points), from each
+    run's log.csv. A classifier that collapsed to one constant prediction shows as a flat line:
+    with one lam per batch, a batch's mean mixed target equals its unmixed mean, so collapsed
+    runs of different policies trace the same curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    for policy in policies:
+        curves = []
+        for seed in range(seeds):
+            log = out / f"{policy}-seed{seed}" / "log.csv"
+            if log.exists():
+                rows = np.atleast_1d(np.genfromtxt(log, delimiter=",", names=True))
+                curves.append((rows["step"], rows["loss"]))
+        if not curves:
+            continue
+        n = min(len(c[0]) for c in curves)
+        ax.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0), lw=1, label=policy)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (soft-target CE)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
