@@ -62,7 +62,8 @@ def format_table(result: dict) -> str:
     c = result["config"]
     tail_name = result["classes"][result["tail_class"]]
     lines = [f"{c['model']} on {c['data']} ({c['img_size']} px, imbalance {c['imbalance']}, {c['steps']} steps, "
-             f"batch {c['batch_size']}), {result['seeds']} seeds; tail class: {tail_name}", "",
+             f"batch {c['batch_size']}, lr {c['lr']:g}, {c['warmup']} warm-up steps), {result['seeds']} seeds; "
+             f"tail class: {tail_name}", "",
              "| policy | accuracy | macro-F1 | AUROC | tail recall |", "| --- | ---: | ---: | ---: | ---: |"]
     for p in result["policies"]:
         r = result["results"][p]
