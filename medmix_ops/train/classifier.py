@@ -26,9 +26,11 @@ class ClassifierConfig:
     batch_size: int = 32
     steps: int = 300
     epochs: int | None = None
-    lr: float = 2e-3
+    # 2e-3 after 20 warm-up steps collapsed every SynthLesion run to one constant prediction
+    # for hundreds of steps (benchmarks/results/compare-cpu-synthlesion-1500steps-loss.png)
+    lr: float = 5e-4
     weight_decay: float = 0.05
-    warmup: int = 20
+    warmup: int = 100
     seed: int = 0
     imbalance: float | None = None
     n_train: int = 2048
