@@ -190,14 +190,20 @@ def test_compare_writes_a_table(tmp_path, capsys):
     assert "tail recall" in capsys.readouterr().out
 
 
-@needs_torchrun
-def test_torchrun_ddp_on_cpu(tmp_path):
-    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29517", "-m", "medmix_ops.cli", "train-classifier",
-           "--steps", "4", "--img-size", "32", "--batch-size", "4", "--n-train", "32", "--n-test", "16",
-           "--ckpt-every", "2", "--device", "cpu", "--policy", "mixup", "--out", str(tmp_path)]
+def _torchrun_two_ranks(port: int, out, command: str, *args: str) -> dict:
+    """Runs `medmix <command> ... --device cpu --out out` on 2 gloo ranks; returns the checkpoint."""
+    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(port), "-m", "medmix_ops.cli", command,
+           *args, "--device", "cpu", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    return torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+@needs_torchrun
+def test_torchrun_ddp_on_cpu(tmp_path):
+    ck = _torchrun_two_ranks(29517, tmp_path, "train-classifier", "--steps", "4", "--img-size", "32",
+                             "--batch-size", "4", "--n-train", "32", "--n-test", "16", "--ckpt-every", "2",
+                             "--policy", "mixup")
     assert ck["step"] == 4 and len(ck["rng"]) == 2  # both ranks' RNG states, one checkpoint
     assert json.loads((tmp_path / "config.json").read_text())["world_size"] == 2
     assert (tmp_path / "metrics.json").exists()
@@ -207,12 +213,8 @@ def test_torchrun_ddp_on_cpu(tmp_path):
 def test_torchrun_generator_replicas_stay_in_step(tmp_path):
     """The i2i GAN under torchrun: gradients averaged over ranks (an optimizer hook, since DDP
     cannot do R1's double backward); the run checks every rank ends with the same weights."""
-    cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", "29518", "-m", "medmix_ops.cli", "train-generator",
-           "--kind", "i2i", "--steps", "3", "--img-size", "32", "--batch-size", "4", "--n-train", "16",
-           "--width", "8", "--ckpt-every", "2", "--device", "cpu", "--out", str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ck = _torchrun_two_ranks(29518, tmp_path, "train-generator", "--kind", "i2i", "--steps", "3", "--img-size", "32",
+                             "--batch-size", "4", "--n-train", "16", "--width", "8", "--ckpt-every", "2")
     assert ck["step"] == 3 and len(ck["rng"]) == 2
 
 

@@ -22,4 +22,8 @@ inline Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// Unit column stride and W row stride: each channel plane of a [N, C, H, W] tensor is one
+// contiguous run of H * W elements (NCHW, or a batch / channel slice of it).
+inline bool is_planar(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3); }
+
 }  // namespace medmix

@@ -37,8 +37,6 @@ void sample_range(const float* mm, int64_t T, int64_t bi, float* lo, float* rang
 // ---- fast path: every tensor has unit column stride and W row stride (NCHW planes), so the
 // pixels of a chunk are contiguous within each channel plane ----------------------------------
 
-bool planar(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3); }
-
 constexpr int kLanes = 8;  // independent accumulators: vectorisable without reassociation
 
 // dst[k] = mask[k] ? a[k] : b[k] on the raw bits (mask 0 or 1): branch-free, so a random mask
@@ -117,7 +115,7 @@ at::Tensor adm_minmax_cpu(const at::Tensor& x, const at::Tensor& x_hat) {
   auto out = at::empty({B, T, 2}, x.options().dtype(at::kFloat));
   float* po = out.data_ptr<float>();
   const Strides4 sx = strides_of(x), sh = strides_of(x_hat);
-  const bool fast = planar(x) && planar(x_hat);
+  const bool fast = is_planar(x) && is_planar(x_hat);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_minmax", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();
@@ -164,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor> adm_apply_cpu(const at::Tensor& x, const at::
   float* po = out.data_ptr<float>();
   int32_t* pc = count.data_ptr<int32_t>();
   const Strides4 sx = strides_of(x), sh = strides_of(x_hat);
-  const bool fast = planar(x) && planar(x_hat);
+  const bool fast = is_planar(x) && is_planar(x_hat);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_apply", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();
@@ -209,7 +207,7 @@ at::Tensor adm_histogram_cpu(const at::Tensor& x, const at::Tensor& x_hat, const
   const float* pm = minmax.data_ptr<float>();
   int32_t* ph_out = hist.data_ptr<int32_t>();
   const Strides4 sx = strides_of(x), sh = strides_of(x_hat);
-  const bool fast = planar(x) && planar(x_hat);
+  const bool fast = is_planar(x) && is_planar(x_hat);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_histogram", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();
@@ -262,7 +260,7 @@ std::tuple<at::Tensor, at::Tensor> adm_mix_out_cpu(
   const float* pl = lam.data_ptr<float>();
   int32_t* pc = count.data_ptr<int32_t>();
   const Strides4 sx = strides_of(x), sh = strides_of(x_hat), ss = strides_of(x_src), sr = strides_of(x_ref);
-  const bool fast = planar(x) && planar(x_hat) && planar(x_src) && planar(x_ref);
+  const bool fast = is_planar(x) && is_planar(x_hat) && is_planar(x_src) && is_planar(x_ref);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_mix", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();

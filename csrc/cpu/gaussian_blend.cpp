@@ -38,8 +38,7 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
                         int64_t C, const Consume& consume) {
   const int64_t B = mask.size(0), H = mask.size(2), W = mask.size(3);
   const acc_t* m = mask.data_ptr<acc_t>();
-  const float* s = sigma.data_ptr<float>();
-  check_radii(sigma, max_radius);
+  const float* s = sigma.data_ptr<float>();  // radii checked by the caller (check_radii)
   // ~64K element touches per task keeps scheduling overhead small on small images.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W * (C + 2)));
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
@@ -101,8 +100,6 @@ MEDMIX_CPU_CLONES double row_sum(const acc_t* __restrict__ a, int64_t n) {
 
 constexpr int64_t kPlaneChunk = 16384;  // pixels per task
 
-bool planar(const at::Tensor& t) { return t.stride(3) == 1 && t.stride(2) == t.size(3); }
-
 // A per-sample constant mask: [B, 1, H, W] with zero H and W strides (lam.view(B,1,1,1).expand).
 bool per_sample_constant(const at::Tensor& m) {
   return m.stride(2) == 0 && m.stride(3) == 0;
@@ -128,9 +125,9 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
                                int64_t max_radius, at::Tensor& out, at::Tensor& lam,
                                at::Tensor* alpha_out, const int64_t* b_rows) {
   using acc_t = acc_type_t<scalar_t>;
-  if (max_radius != 0 || !planar(a) || !planar(b) || !planar(out)) return false;
+  if (max_radius != 0 || !is_planar(a) || !is_planar(b) || !is_planar(out)) return false;
   const bool constant = per_sample_constant(mask);
-  if (!constant && !(mask.stride(3) == 1 && mask.stride(2) == mask.size(3))) return false;
+  if (!constant && !is_planar(mask)) return false;
   const int64_t B = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3), HW = H * W;
   const int64_t T = (HW + kPlaneChunk - 1) / kPlaneChunk;
   const Strides4 sa = strides_of(a), sb = strides_of(b), so = strides_of(out), sm = strides_of(mask);
@@ -281,6 +278,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_blend_backward_cpu(const at::Tensor&
   if (grad_out.numel() == 0) return {grad_a, grad_b};
   const auto mask_c = mask.contiguous();
   const auto sigma_c = sigma.contiguous();
+  check_radii(sigma_c, max_radius);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, grad_out.scalar_type(), "gaussian_blend_backward_cpu", [&] {
         blend_backward<scalar_t>(grad_out, mask_c, sigma_c, max_radius, grad_a, grad_b);

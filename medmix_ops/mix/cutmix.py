@@ -44,9 +44,8 @@ def boxes_around(cy: np.ndarray, cx: np.ndarray, lam: np.ndarray, H: int, W: int
     ratio = np.sqrt(1.0 - lam)
     cut_h, cut_w = (H * ratio).astype(np.int64), (W * ratio).astype(np.int64)
     # np.minimum / np.maximum: np.clip's Python wrapper costs ~6 us a call on small arrays
-    lo = lambda v: np.maximum(v, 0)  # noqa: E731
-    return np.stack([lo(cy - cut_h // 2), np.minimum(cy + cut_h // 2, H),
-                     lo(cx - cut_w // 2), np.minimum(cx + cut_w // 2, W)], axis=1)
+    return np.stack([np.maximum(cy - cut_h // 2, 0), np.minimum(cy + cut_h // 2, H),
+                     np.maximum(cx - cut_w // 2, 0), np.minimum(cx + cut_w // 2, W)], axis=1)
 
 
 def box_around(cy: int, cx: int, lam: float, H: int, W: int) -> list[int]:
