@@ -134,6 +134,38 @@ def test_sigma_zero_planes_path(device_backend, dtype, mask_kind):
         assert torch.equal(out, torch.where(mask.bool(), a, b[perm]))
 
 
+@pytest.mark.parametrize("layout", ["planes", "channels_last"])
+@pytest.mark.parametrize("sigma", [0.0, 2.0], ids=["hard", "soft"])
+def test_zero_weight_keeps_non_finite_pixels_out(device_backend, sigma, layout):
+    """A weight of exactly 0 or 1 selects one image: inf / NaN in the other image there must
+    not leak in as 0 * inf = NaN (a CutMix partner's bad pixel outside the box). Both the
+    whole-plane (NCHW) and the pixel-major (channels_last) loops, hard and blurred masks: a
+    blurred mask is exactly 0 beyond the radius from any 1 (its interior sums float taps and
+    may stay just below 1, where the formula applies)."""
+    device, backend = device_backend
+    B, C, H, W = 2, 3, 29, 31
+    g = torch.Generator().manual_seed(11)
+    a, b = torch.rand(B, C, H, W, generator=g), torch.rand(B, C, H, W, generator=g)
+    mask = torch.zeros(B, 1, H, W)
+    mask[0, :, 3:20, 4:25] = 1
+    mask[1, :, 10:, :] = 1
+    # the kernel's own weights on clean images (a blurred interior may round to just below 1)
+    alpha = gaussian_blend(a.to(device), b.to(device), mask.to(device), sigma, return_alpha=True,
+                           backend=backend)[2].cpu()
+    zero, one = (alpha == 0).expand(B, C, H, W), (alpha == 1).expand(B, C, H, W)
+    assert zero.any() and (one.any() or sigma > 0)
+    bad = torch.tensor([float("inf"), float("nan"), -float("inf")])
+    pick = torch.randint(0, 3, (B, C, H, W), generator=g)
+    a = torch.where(zero, bad[pick], a)  # the anchor is bad where it weighs nothing
+    b = torch.where(one, bad[pick], b)   # the partner is bad where it weighs nothing
+    if layout == "channels_last":
+        a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+    out, _ = gaussian_blend(a.to(device), b.to(device), mask.to(device), sigma, backend=backend)
+    out = out.cpu()
+    assert torch.equal(out[one], a[one]) and torch.equal(out[zero], b[zero])
+    assert torch.isfinite(out).all()
+
+
 def test_arbitrary_strides_and_expanded_mask(device_backend):
     """Sliced (non-dense) images, a and b in different layouts, a mask expanded over the batch."""
     device, backend = device_backend

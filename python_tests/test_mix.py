@@ -140,6 +140,25 @@ def test_elem_mode_draws_per_sample_lam():
     assert p.last["lam"].unique().numel() == 8
 
 
+
+@pytest.mark.parametrize("make", [lambda: mix.CutMix(4), lambda: mix.CutMix(4, mode="elem"),
+                                  lambda: mix.SaliencyMix(4, per_sample=True)],
+                         ids=["cutmix-batch", "cutmix-elem", "saliencymix-per-sample"])
+def test_box_policies_keep_bad_pixels_outside_the_box_out(make):
+    """A pasted box takes only the partner's box region: a NaN / inf pixel elsewhere in the
+    partner must not reach the output (elem mode runs the blend with 0 / 1 weights, where
+    0 * inf = NaN would leak it)."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(8, 3, 20, 24, generator=g), torch.arange(8) % 4
+    x[1::2, :, 0, 0], x[1::2, :, -1, -1] = float("nan"), float("inf")  # odd samples' corners
+    p = make()
+    out, _ = p(x, y, generator=torch.Generator().manual_seed(0))
+    w, ib = p.last["weight_a"].expand(8, 3, 20, 24).bool(), p.last["index_b"]
+    want = torch.where(w, x, x[ib])
+    assert torch.equal(out.isnan(), want.isnan()) and torch.equal(out.nan_to_num(), want.nan_to_num())
+    # the case that matters happened: a clean anchor kept its corner against a bad partner
+    bad_b = ~torch.isfinite(x[ib])
+    assert (w & bad_b & torch.isfinite(x)).any()
 def test_class_balanced_partners_favour_the_tail():
     labels = torch.tensor([0] * 30 + [1] * 2)
     p = mix.Mixup(2, partner="class_balanced")

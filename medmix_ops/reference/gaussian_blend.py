@@ -43,7 +43,8 @@ def gaussian_blur_mask(mask: torch.Tensor, sigma: torch.Tensor, max_radius: int,
 
 def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor,
                    max_radius: int, return_alpha: bool = False, b_index=None):
-    """out = alpha * a + (1 - alpha) * b with alpha = gaussian_blur_mask(mask, sigma);
+    """out = alpha * a + (1 - alpha) * b with alpha = gaussian_blur_mask(mask, sigma) (a weight of
+    exactly 1 or 0 selects a or b, so the other image's non-finite pixels never enter);
     lam = mean(alpha) over H, W. Returns (out, lam, alpha or an empty tensor).
     a, b: [B, C, H, W] (b: [B', C, H, W] rows picked by b_index [B] when given); mask:
     [B, 1, H, W]; sigma: float32 [B]. Differentiable in a and b."""
@@ -51,7 +52,11 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
         b = b[b_index]
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
     alpha = gaussian_blur_mask(mask, sigma, max_radius, acc)
-    out = alpha * a.to(acc) + (1.0 - alpha) * b.to(acc)
+    a_acc, b_acc = a.to(acc), b.to(acc)
+    out = alpha * a_acc + (1.0 - alpha) * b_acc
+    # a weight of exactly 1 or 0 selects one image, so a non-finite pixel under a zero weight
+    # stays out (no 0 * inf = NaN); for finite inputs this changes no value
+    out = torch.where(alpha == 1.0, a_acc, torch.where(alpha == 0.0, b_acc, out))
     if a.dtype == torch.uint8:
         out = torch.round(out).clamp_(0, 255)
     out = out.to(a.dtype)

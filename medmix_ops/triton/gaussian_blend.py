@@ -78,7 +78,8 @@ def gaussian_blend_forward_kernel(
         pb = b_ptr + bj * sb_n + c * sb_c + rows * sb_h + cols * sb_w
         va = tl.load(pa, mask=valid, other=0).to(COMPUTE)
         vb = tl.load(pb, mask=valid, other=0).to(COMPUTE)
-        out = alpha * va + (1.0 - alpha) * vb
+        # a weight of exactly 1 or 0 selects (csrc/common/gaussian_blend.h): no 0 * inf = NaN
+        out = tl.where(alpha == 1.0, va, tl.where(alpha == 0.0, vb, alpha * va + (1.0 - alpha) * vb))
         po = out_ptr + bi * so_n + c * so_c + rows * so_h + cols * so_w
         cm.store_converted(po, out, valid, IS_UINT8)
     if WRITE_ALPHA:
