@@ -142,8 +142,8 @@ def test_elem_mode_draws_per_sample_lam():
 
 
 @pytest.mark.parametrize("make", [lambda: mix.CutMix(4), lambda: mix.CutMix(4, mode="elem"),
-                                  lambda: mix.SaliencyMix(4, per_sample=True)],
-                         ids=["cutmix-batch", "cutmix-elem", "saliencymix-per-sample"])
+                                  lambda: mix.SaliencyMix(4), lambda: mix.SaliencyMix(4, per_sample=True)],
+                         ids=["cutmix-batch", "cutmix-elem", "saliencymix", "saliencymix-per-sample"])
 def test_box_policies_keep_bad_pixels_outside_the_box_out(make):
     """A pasted box takes only the partner's box region: a NaN / inf pixel elsewhere in the
     partner must not reach the output (elem mode runs the blend with 0 / 1 weights, where

@@ -10,16 +10,6 @@ from ..ops.gaussian_blend import blend_trusted
 from ._base import MixPolicy
 
 
-def paste_box(x: torch.Tensor, perm: torch.Tensor, box) -> torch.Tensor:
-    """One box for the whole batch: a copy of x with the partners' box region pasted in. Only
-    the box region of the partners is gathered, which beats any full-image pass."""
-    yl, yh, xl, xh = (int(v) for v in box)
-    out = x.clone()
-    if yh > yl and xh > xl:
-        out[:, :, yl:yh, xl:xh] = x[:, :, yl:yh, xl:xh].index_select(0, perm)
-    return out
-
-
 def box_mask(boxes: torch.Tensor, H: int, W: int, device) -> torch.Tensor:
     """[B, 4] (y_lo, y_hi, x_lo, x_hi) boxes -> [B, 1, H, W] float mask, 1 inside."""
     b = boxes.to(device).view(-1, 4, 1, 1)
@@ -33,6 +23,10 @@ def outside_box(box, H: int, W: int, device) -> torch.Tensor:
     """One (y_lo, y_hi, x_lo, x_hi) box -> [1, 1, H, W] float mask, 0 inside and 1 outside (the
     anchor's weight): two ops, where box_mask's comparisons take a dozen."""
     yl, yh, xl, xh = box
+    if torch.device(device).type == "cpu":  # numpy: no dispatcher round trips on the host
+        w = np.ones((1, 1, H, W), dtype=np.float32)
+        w[..., yl:yh, xl:xh] = 0.0
+        return torch.from_numpy(w)
     w = torch.ones(1, 1, H, W, device=device)
     w[..., yl:yh, xl:xh] = 0.0
     return w
@@ -59,9 +53,10 @@ def box_around(cy: int, cx: int, lam: float, H: int, W: int) -> list[int]:
 class CutMix(MixPolicy):
     """``CutMix(num_classes, alpha=1.0, correct_lam=True, ...)``: lam ~ Beta(alpha, alpha); a box
     of side sqrt(1 - lam) H x sqrt(1 - lam) W at a uniform centre (clipped) is taken from the
-    partner; with ``correct_lam`` the label weight is the kept area. Per batch (one box: a
-    clone with the partners' box region pasted) or per sample (``mode="elem"``: the fused
-    blend with the box masks). With ``partner="flip"`` and the same box its images and targets
+    partner; with ``correct_lam`` the label weight is the kept area. Per batch (one box, its
+    mask a view broadcast over the batch) or per sample (``mode="elem"``: a box per sample);
+    both run the fused blend, which selects at weights 0 / 1, so the paste is exact and a
+    partner's NaN outside the box stays out. With ``partner="flip"`` and the same box its images and targets
     equal timm's ``Mixup(mixup_alpha=0, cutmix_alpha=alpha)``. ``policy(x, y, lam=..., box=(y_lo,
     y_hi, x_lo, x_hi))`` forces them.
     """
@@ -84,10 +79,14 @@ class CutMix(MixPolicy):
             cy, cx = rng.integers(0, H, size=B), rng.integers(0, W, size=B)
             boxes = boxes_around(cy, cx, lam_t.numpy(), H, W)
             one_box = False
-        else:
+        else:  # one box: plain Python, numpy's per-call cost on 1-element arrays exceeds the work
             cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
-            boxes = np.array([box_around(cy, cx, float(lam_t[0]), H, W)])
-            one_box = True
+            yl, yh, xl, xh = box = box_around(cy, cx, float(lam_t[0]), H, W)
+            if self.correct_lam:
+                lam_t = torch.from_numpy(np.full(B, 1.0 - (yh - yl) * (xh - xl) / (H * W)))
+            rows = np.empty((B, 4), dtype=np.int64)
+            rows[:] = box  # (torch.tensor(...).expand costs ~4x more)
+            return dict(perm=perm, lam=lam_t, boxes=torch.from_numpy(rows), one_box=True)
         boxes = np.broadcast_to(boxes, (B, 4))
         if self.correct_lam or box is not None:
             area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
@@ -98,10 +97,10 @@ class CutMix(MixPolicy):
         B, _, H, W = x.shape
         perm, lam = p["perm"], p["lam"].float()
         boxes = p["boxes"]
-        if p["one_box"]:  # batch mode: clone + paste the region
-            box = boxes[0].tolist()
-            w = outside_box(box, H, W, x.device).expand(B, 1, H, W)  # a view
-            out = paste_box(x, perm.to(x.device), box)
+        if p["one_box"]:  # batch mode: one box mask broadcast over the batch (a view)
+            w = outside_box(boxes[0].tolist(), H, W, x.device).expand(B, 1, H, W)
+            # the fused blend selects at weights 0 / 1: a paste in one pass over the batch
+            out = blend_trusted(x, x, w, 0.0, perm, self.backend)
         else:  # a box per sample: the fused blend, partners gathered in the kernel
             w = 1.0 - box_mask(boxes, H, W, x.device)  # the anchor outside the box
             out = blend_trusted(x, x, w, 0.0, perm, self.backend)

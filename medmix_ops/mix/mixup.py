@@ -1,6 +1,7 @@
 """Mixup (Zhang et al. 2018): x = lam x_a + (1 - lam) x_b, the same lam for the targets."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..ops.gaussian_blend import blend_trusted
@@ -24,10 +25,11 @@ class Mixup(MixPolicy):
 
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
-        perm, lam = p["perm"], p["lam"].to(device=x.device, dtype=torch.float32)
+        perm = p["perm"]
+        lam = torch.from_numpy(p["lam"].numpy().astype(np.float32))  # host float64 -> float32
         # lam as a per-sample, broadcast (not materialised) mask of the fused blend
-        w = lam.as_strided((B, 1, H, W), (1, 0, 0, 0))
+        w = lam.to(x.device).as_strided((B, 1, H, W), (1, 0, 0, 0))
         # partners are gathered inside the kernel (b_index): no copy of x[perm]
         out = blend_trusted(x, x, w, 0.0, perm, self.backend)
-        return dict(x=out, y=self.mix_targets(targets, None, perm, lam), index_a=torch.arange(B),
-                    index_b=perm, weight_a=w, lam=lam, hard=False)
+        return dict(x=out, y=self.mix_targets(targets, None, perm, lam),
+                    index_a=torch.from_numpy(np.arange(B)), index_b=perm, weight_a=w, lam=lam, hard=False)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..ops import gaussian_blend, saliency
+from ..ops.gaussian_blend import blend_trusted
 from ._base import MixPolicy
-from .cutmix import box_mask, outside_box, paste_box
+from .cutmix import box_mask, outside_box
 
 
 class SaliencyMix(MixPolicy):
@@ -59,9 +60,8 @@ class SaliencyMix(MixPolicy):
         if self.per_sample:
             w = 1.0 - box_mask(boxes, H, W, dev)
             out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm, backend=self.backend, validate=False)
-        else:  # one box (the official code): clone + paste the region (one small host read)
-            box = boxes[0].tolist()
-            w = outside_box(box, H, W, dev).expand(B, 1, H, W)
-            out = paste_box(x, perm, box)
+        else:  # one box (the official code), broadcast over the batch (one small host read)
+            w = outside_box(boxes[0].tolist(), H, W, dev).expand(B, 1, H, W)
+            out = blend_trusted(x, x, w, 0.0, perm, self.backend)
         return dict(x=out, y=self.mix_targets(targets, a, p["perm"], lam), index_a=a,
                     index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes, saliency=s)
