@@ -81,7 +81,7 @@ class CutMix(MixPolicy):
             one_box = False
         else:  # one box: plain Python, numpy's per-call cost on 1-element arrays exceeds the work
             cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
-            yl, yh, xl, xh = box = box_around(cy, cx, float(lam_t[0]), H, W)
+            yl, yh, xl, xh = box = box_around(cy, cx, float(lam_t.numpy()[0]), H, W)
             if self.correct_lam:
                 lam_t = torch.from_numpy(np.full(B, 1.0 - (yh - yl) * (xh - xl) / (H * W)))
             rows = np.empty((B, 4), dtype=np.int64)
@@ -95,7 +95,8 @@ class CutMix(MixPolicy):
 
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
-        perm, lam = p["perm"], p["lam"].float()
+        perm = p["perm"]
+        lam = torch.from_numpy(p["lam"].numpy().astype(np.float32))  # host float64 -> float32
         boxes = p["boxes"]
         if p["one_box"]:  # batch mode: one box mask broadcast over the batch (a view)
             w = outside_box(boxes[0].tolist(), H, W, x.device).expand(B, 1, H, W)
