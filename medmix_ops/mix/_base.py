@@ -187,6 +187,11 @@ class MixPolicy(torch.nn.Module):
         return torch.from_numpy(np.full(B, rng.beta(self.alpha, self.alpha)))
 
     @staticmethod
+    def host_float32(lam: torch.Tensor) -> torch.Tensor:
+        """A host lam (float64, from sample_lam) as float32 through numpy: no dispatcher op."""
+        return torch.from_numpy(lam.numpy().astype(np.float32))
+
+    @staticmethod
     def mix_targets(t: torch.Tensor, index_a, index_b, lam: torch.Tensor,
                     t_b: torch.Tensor | None = None) -> torch.Tensor:
         """lam * t[a] + (1 - lam) * t[b] (t_b: the partner targets when they are not rows of t;

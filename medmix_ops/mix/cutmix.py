@@ -56,8 +56,8 @@ class CutMix(MixPolicy):
     partner; with ``correct_lam`` the label weight is the kept area. Per batch (one box, its
     mask a view broadcast over the batch) or per sample (``mode="elem"``: a box per sample);
     both run the fused blend, which selects at weights 0 / 1, so the paste is exact and a
-    partner's NaN outside the box stays out. With ``partner="flip"`` and the same box its images and targets
-    equal timm's ``Mixup(mixup_alpha=0, cutmix_alpha=alpha)``. ``policy(x, y, lam=..., box=(y_lo,
+    partner's NaN outside the box stays out. With ``partner="flip"`` and the same box its
+    images and targets equal timm's ``Mixup(mixup_alpha=0, cutmix_alpha=alpha)``. ``policy(x, y, lam=..., box=(y_lo,
     y_hi, x_lo, x_hi))`` forces them.
     """
 
@@ -96,7 +96,7 @@ class CutMix(MixPolicy):
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
         perm = p["perm"]
-        lam = torch.from_numpy(p["lam"].numpy().astype(np.float32))  # host float64 -> float32
+        lam = self.host_float32(p["lam"])
         boxes = p["boxes"]
         if p["one_box"]:  # batch mode: one box mask broadcast over the batch (a view)
             w = outside_box(boxes[0].tolist(), H, W, x.device).expand(B, 1, H, W)

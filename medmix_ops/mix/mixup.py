@@ -26,7 +26,7 @@ class Mixup(MixPolicy):
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
         perm = p["perm"]
-        lam = torch.from_numpy(p["lam"].numpy().astype(np.float32))  # host float64 -> float32
+        lam = self.host_float32(p["lam"])
         # lam as a per-sample, broadcast (not materialised) mask of the fused blend
         w = lam.to(x.device).as_strided((B, 1, H, W), (1, 0, 0, 0))
         # partners are gathered inside the kernel (b_index): no copy of x[perm]

@@ -105,16 +105,16 @@ def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: f
     max_radius = math.ceil(3.0 * sigma * (1.0 + 2.0 ** -20))
     if b_index is not None and (b_index.device != a.device or b_index.dtype != torch.int64):
         b_index = b_index.to(device=a.device, dtype=torch.int64)
-    if torch.compiler.is_compiling() or (a.requires_grad or b.requires_grad) and torch.is_grad_enabled():
-        sigma_t = torch.full((a.shape[0],), float(sigma), dtype=torch.float32, device=a.device)
-        return _run(a, b, mask, sigma_t, max_radius, False, b_index, backend)[0]
-    sigma_t = _constant_sigma(a.shape[0], float(sigma), a.device)
-    which = _backend.resolve(OP, backend, a.device)
-    if which == "reference" or mask.dtype != opmath_dtype(a.dtype):
-        return _run(a, b, mask, sigma_t, max_radius, False, b_index, backend)[0]
-    op = torch.ops.medmix_triton if which == "triton" else torch.ops.medmix
-    with torch._C._AutoDispatchBelowAutograd():
-        return op.gaussian_blend.default(a, b, mask, sigma_t, max_radius, False, b_index)[0]
+    records_grad = (a.requires_grad or b.requires_grad) and torch.is_grad_enabled()
+    if not (records_grad or torch.compiler.is_compiling()):
+        which = _backend.resolve(OP, backend, a.device)
+        if which != "reference" and mask.dtype == opmath_dtype(a.dtype):
+            op = torch.ops.medmix_triton if which == "triton" else torch.ops.medmix
+            sigma_t = _constant_sigma(a.shape[0], float(sigma), a.device)
+            with torch._C._AutoDispatchBelowAutograd():
+                return op.gaussian_blend.default(a, b, mask, sigma_t, max_radius, False, b_index)[0]
+    sigma_t = torch.full((a.shape[0],), float(sigma), dtype=torch.float32, device=a.device)
+    return _run(a, b, mask, sigma_t, max_radius, False, b_index, backend)[0]
 
 
 @functools.lru_cache(maxsize=64)
