@@ -218,3 +218,33 @@ def test_result_files_are_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         common.write_json(target, {"a": 2})
     assert target.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":1}'
+
+
+# ---- supported stack ----------------------------------------------------------------------------
+
+def test_interpreter_takes_scalar_loop_bounds_on_every_supported_triton():
+    """triton 3.6's interpreter (the GPU machines' version) turned a scalar kernel argument used
+    as a loop bound into int(1-element 1-D array), which numpy >= 2.4 rejects: every Triton test
+    failed under TRITON_INTERPRET=1 with triton 3.6. The shim adds triton 3.7's squeeze where it
+    is missing."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("triton")
+    import inspect
+
+    from medmix_ops.triton import _common  # noqa: F401  (applies the shim)
+    from medmix_ops.triton import _interpreter_compat as compat
+    from triton.runtime import interpreter
+
+    class Handle:
+        def __init__(self, data):
+            self.data = data
+
+    class Scalar:
+        def __init__(self, data):
+            self.handle = Handle(data)
+
+    for data in (np.array([7], dtype=np.int32), np.array(7, dtype=np.int64)):
+        assert compat._scalar_index(Scalar(data)) == 7
+    patch = interpreter._patch_lang_tensor
+    assert getattr(patch, "_medmix_scalar_index", False) or "squeeze" in inspect.getsource(patch)
+    assert compat.apply() is False  # idempotent: already fixed, never wrapped twice

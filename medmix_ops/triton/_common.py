@@ -8,6 +8,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import _interpreter_compat  # noqa: F401  (triton 3.6's interpreter under numpy >= 2.4)
+
 
 @triton.jit
 def reflect_index(i, n):
