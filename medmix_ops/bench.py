@@ -583,6 +583,10 @@ def _device_name(device: str) -> str:
 
 
 def _commit() -> str:
+    """HEAD (``-dirty`` with uncommitted changes); MEDMIX_COMMIT overrides it for a copy of the
+    tree without .git (the GPU machine's)."""
+    if os.environ.get("MEDMIX_COMMIT"):
+        return os.environ["MEDMIX_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,

@@ -1,6 +1,8 @@
 """`medmix bench` runs, compares like with like, and writes its JSON and chart."""
 import json
 
+import pytest
+
 from medmix_ops import bench, cli
 
 
@@ -58,3 +60,15 @@ def test_measure_interleaved_rotates_and_reports_failures():
     rounds = [calls[3 + 3 * i: 6 + 3 * i] for i in range(3)]  # after one warm-up call each
     assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]  # each goes first once
     assert all(t >= 0 for k in "abc" for t in timed[k])
+
+
+def test_results_name_the_commit_measured(monkeypatch):
+    """The JSON records HEAD (a 40-hex sha here, in a git checkout) unless MEDMIX_COMMIT names
+    it: the GPU machine measures a copy of the tree without .git."""
+    monkeypatch.delenv("MEDMIX_COMMIT", raising=False)
+    head = bench._commit().removesuffix("-dirty")
+    if head == "unknown":
+        pytest.skip("not a git checkout")
+    assert len(head) == 40 and int(head, 16) >= 0
+    monkeypatch.setenv("MEDMIX_COMMIT", "0123abc")
+    assert bench._commit() == "0123abc"
