@@ -1,12 +1,13 @@
 """SaliencyMix (Uddin et al. 2021): the CutMix box is centred on the partner's saliency peak."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..ops import gaussian_blend, saliency
 from ..ops.gaussian_blend import blend_trusted
 from ._base import MixPolicy
-from .cutmix import box_mask, outside_box
+from .cutmix import box_mask, boxes_around, outside_box
 
 
 class SaliencyMix(MixPolicy):
@@ -17,12 +18,15 @@ class SaliencyMix(MixPolicy):
     of the anchor is the kept area.
 
     - ``per_sample=False`` reproduces the official code: one saliency map (of the first
-      partner image) and one box for the whole batch.
+      partner image) and one box for the whole batch; with ``mode="elem"`` (lam per sample)
+      each row's box has its own size around that one peak. Its peak is read to the host:
+      one device sync per batch on a GPU.
     - ``per_sample=True`` computes every partner's map in one batched call and places one box
-      per sample (lam per sample with ``mode="elem"``).
+      per sample (lam per sample with ``mode="elem"``); everything after lam is drawn stays on
+      the device, with no sync.
 
     ``method``: any saliency method for images (``"fine_grained"`` as the official code, or
-    ``"spectral_residual"``). Everything after lam is drawn stays on the device.
+    ``"spectral_residual"``).
     """
 
     name = "saliencymix"
@@ -42,26 +46,43 @@ class SaliencyMix(MixPolicy):
         B, _, H, W = x.shape
         dev = x.device
         perm = p["perm"].to(dev)
-        # the partners' maps: all images' maps indexed by perm (per_sample), or the first
-        # partner's alone (the official code's single map)
-        if self.per_sample:
-            s = saliency(x, self.method, backend=self.backend).index_select(0, perm)
-        else:
-            s = saliency(x.index_select(0, perm[:1]), self.method, backend=self.backend)
-        peak = s.flatten(1).argmax(dim=1)  # on the device: no sync
-        cy, cx = (peak // W).expand(B), (peak % W).expand(B)
+        a = torch.arange(B)
+        if not self.per_sample:
+            return self._mix_one_map(x, targets, p, perm, a)
+        # every partner's map in one batched call, a box per sample around its peak, all on
+        # the device (no sync)
+        s = saliency(x, self.method, backend=self.backend).index_select(0, perm)
+        peak = s.flatten(1).argmax(dim=1)
+        cy, cx = peak // W, peak % W
         ratio = torch.sqrt(1.0 - p["lam"]).to(dev)
         cut_h, cut_w = (H * ratio).long(), (W * ratio).long()
         boxes = torch.stack([(cy - cut_h // 2).clamp(0, H), (cy + cut_h // 2).clamp(0, H),
                              (cx - cut_w // 2).clamp(0, W), (cx + cut_w // 2).clamp(0, W)], dim=1)
         area = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).float()
         lam = 1.0 - area / (H * W)
-        a = torch.arange(B)
-        if self.per_sample:
-            w = 1.0 - box_mask(boxes, H, W, dev)
-            out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm, backend=self.backend, validate=False)
-        else:  # one box (the official code), broadcast over the batch (one small host read)
-            w = outside_box(boxes[0].tolist(), H, W, dev).expand(B, 1, H, W)
-            out = blend_trusted(x, x, w, 0.0, perm, self.backend)
+        w = 1.0 - box_mask(boxes, H, W, dev)
+        out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm, backend=self.backend, validate=False)
         return dict(x=out, y=self.mix_targets(targets, a, p["perm"], lam), index_a=a,
                     index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes, saliency=s)
+
+    def _mix_one_map(self, x, targets, p, perm, a):
+        """The official code: the first partner's map alone, its peak read to the host (the one
+        sync of this path), the boxes around it in numpy: a few host operations instead of a
+        dozen small tensor ops. One lam for the batch -> one box broadcast over the batch;
+        lam per sample (mode="elem") -> a box per row around the same peak."""
+        B, _, H, W = x.shape
+        dev = x.device
+        s = saliency(x.index_select(0, perm[:1]), self.method, backend=self.backend)
+        peak = int(s.flatten().argmax())
+        lam_host = p["lam"].numpy()
+        boxes = boxes_around(np.full(B, peak // W), np.full(B, peak % W), lam_host, H, W)
+        area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
+        lam = torch.from_numpy((np.float32(1) - area.astype(np.float32) / np.float32(H * W)))
+        if (boxes == boxes[0]).all():  # one box broadcast over the batch
+            w = outside_box(boxes[0].tolist(), H, W, dev).expand(B, 1, H, W)
+        else:
+            w = 1.0 - box_mask(torch.from_numpy(boxes), H, W, dev)
+        out = blend_trusted(x, x, w, 0.0, perm, self.backend)  # selects at 0 / 1: an exact paste
+        boxes = torch.from_numpy(boxes)
+        return dict(x=out, y=self.mix_targets(targets, None, p["perm"], lam), index_a=a,
+                    index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes.to(dev), saliency=s)
