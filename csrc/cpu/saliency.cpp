@@ -1,4 +1,4 @@
-// Saliency kernels on the CPU, parallel over samples: saliency_map (source transform, separable
+// Saliency kernels on the CPU, parallel over samples (fine_grained_saliency: over rows): saliency_map (source transform, separable
 // taps, optional square, bilinear resize, min-max normalisation), spectral_residual_filter and
 // fine_grained_saliency. See csrc/ops.cpp for the contracts. Inner loops run over contiguous
 // rows with the taps / channels outside, so the compiler vectorises them.
@@ -213,39 +213,72 @@ at::Tensor spectral_residual_filter_cpu(const at::Tensor& spec_in) {
   return out;
 }
 
+// Parallel over rows of all samples, not over samples: SaliencyMix's official mode maps one
+// image, which a per-sample split would leave on one thread. Three passes over rows, with the
+// per-sample maxima / extrema reduced in between (max and min are exact in any order, so the
+// result does not depend on the split): on / off per pixel, then the combined intensity, then
+// its min-max normalisation.
 at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, const at::Tensor& integral_in,
                                      at::IntArrayRef scales) {
   check_fine_grained_args(grey_in, integral_in);
   const auto grey = grey_in.contiguous();
   const auto integral = integral_in.contiguous();
-  const int64_t B = grey.size(0), H = grey.size(2), W = grey.size(3);
+  const int64_t B = grey.size(0), H = grey.size(2), W = grey.size(3), HW = H * W;
   auto out = at::empty({B, 1, H, W}, grey.options());
   const float* pg = grey.data_ptr<float>();
   const double* pS = integral.data_ptr<double>();
   float* po = out.data_ptr<float>();
   const std::vector<int64_t> sc(scales.begin(), scales.end());
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<double> on(H * W), off(H * W);
-    for (int64_t bi = begin; bi < end; ++bi) {
+  const int64_t n_scales = static_cast<int64_t>(sc.size());
+  std::vector<double> on(B * HW), off(B * HW);
+  std::vector<double> row_on_max(B * H), row_off_max(B * H);
+  std::vector<float> row_lo(B * H), row_hi(B * H);
+  // ~16K box lookups per task: rows of small images are grouped, large ones split finely.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * n_scales));
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / H, y = row % H;
+      const double* S = pS + bi * (H + 1) * (W + 1);
       double on_max = 0, off_max = 0;
-      for (int64_t y = 0; y < H; ++y)
-        for (int64_t x = 0; x < W; ++x) {
-          const int64_t k = y * W + x;
-          fine_grained_on_off(pS + bi * (H + 1) * (W + 1), H, W, y, x,
-                              static_cast<double>(pg[bi * H * W + k]), sc.data(),
-                              static_cast<int64_t>(sc.size()), &on[k], &off[k]);
-          on_max = std::max(on_max, on[k]);
-          off_max = std::max(off_max, off[k]);
-        }
-      float* o = po + bi * H * W;
-      float lo = FLT_MAX, hi = -FLT_MAX;
-      for (int64_t k = 0; k < H * W; ++k) {
-        o[k] = static_cast<float>((on_max > 0 ? on[k] / on_max : 0.0) + (off_max > 0 ? off[k] / off_max : 0.0));
-        lo = std::min(lo, o[k]);
-        hi = std::max(hi, o[k]);
+      for (int64_t x = 0; x < W; ++x) {
+        const int64_t k = row * W + x;
+        fine_grained_on_off(S, H, W, y, x, static_cast<double>(pg[k]), sc.data(), n_scales,
+                            &on[k], &off[k]);
+        on_max = std::max(on_max, on[k]);
+        off_max = std::max(off_max, off[k]);
       }
-      for (int64_t k = 0; k < H * W; ++k) o[k] = normalize_value(o[k], lo, hi);
+      row_on_max[row] = on_max;
+      row_off_max[row] = off_max;
     }
+  });
+  std::vector<double> on_max(B, 0.0), off_max(B, 0.0);
+  for (int64_t row = 0; row < B * H; ++row) {
+    on_max[row / H] = std::max(on_max[row / H], row_on_max[row]);
+    off_max[row / H] = std::max(off_max[row / H], row_off_max[row]);
+  }
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / H;
+      const double mon = on_max[bi], moff = off_max[bi];
+      float lo = FLT_MAX, hi = -FLT_MAX;
+      for (int64_t k = row * W; k < (row + 1) * W; ++k) {
+        po[k] = static_cast<float>((mon > 0 ? on[k] / mon : 0.0) + (moff > 0 ? off[k] / moff : 0.0));
+        lo = std::min(lo, po[k]);
+        hi = std::max(hi, po[k]);
+      }
+      row_lo[row] = lo;
+      row_hi[row] = hi;
+    }
+  });
+  std::vector<float> lo(B, FLT_MAX), hi(B, -FLT_MAX);
+  for (int64_t row = 0; row < B * H; ++row) {
+    lo[row / H] = std::min(lo[row / H], row_lo[row]);
+    hi[row / H] = std::max(hi[row / H], row_hi[row]);
+  }
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row)
+      for (int64_t k = row * W; k < (row + 1) * W; ++k)
+        po[k] = normalize_value(po[k], lo[row / H], hi[row / H]);
   });
   return out;
 }
