@@ -188,22 +188,25 @@ def test_saliencymix_box_is_centred_on_the_partner_saliency_peak():
     assert q.last["saliency"].shape[0] == 1 and (q.last["boxes"] == q.last["boxes"][0]).all()
 
 
-@pytest.mark.parametrize("make", [lambda m: mix.CutMix(K, mode=m), lambda m: mix.SaliencyMix(K, mode=m),
-                                  lambda m: mix.SaliencyMix(K, mode=m, per_sample=True)],
-                         ids=["cutmix", "saliencymix", "saliencymix-per-sample"])
+@pytest.mark.parametrize("name,kw", [("mixup", {}), ("cutmix", {}), ("saliencymix", {}),
+                                     ("saliencymix", {"per_sample": True}), ("varimix", {}), ("genmix", {})],
+                         ids=["mixup", "cutmix", "saliencymix", "saliencymix-per-sample", "varimix", "genmix"])
 @pytest.mark.parametrize("mode", ["batch", "elem"])
-def test_box_label_weight_is_the_kept_area_of_each_row(make, mode):
-    """The anchor's label weight is exactly the share of its pixels kept, row by row. (One
-    saliency map with lam per sample used to paste the first row's box into every row while
-    the labels followed each row's own box.)"""
+def test_label_weight_is_the_kept_share_of_each_row(name, kw, mode):
+    """The anchor's label weight is exactly the share of its pixels kept, row by row, wherever
+    the method defines it so (not SPMix, whose label is the tail's, nor MedDiffuseMix, whose
+    label is the original's). One SaliencyMix map with lam per sample used to paste the first
+    row's box into every row while the labels followed each row's own box."""
     ds, idx, x, y, seg = batch(B=8, size=40)
-    p = make(mode)
+    p = build(name, ds, mode=mode, **kw)
     for seed in range(4):
-        p(x, y, generator=torch.Generator().manual_seed(seed))
-        kept = p.last["weight_a"].expand(8, 1, 40, 40).flatten(1).mean(1)
-        assert torch.allclose(p.last["lam"].float(), kept, atol=1e-6), (seed, p.last["lam"], kept)
-        if mode == "elem" and seed == 0:
-            assert p.last["lam"].unique().numel() > 1  # the case that matters: lam per row
+        run(p, ds, idx, x, y, seed=seed)
+        w = p.last["weight_a"]
+        kept = w.expand(w.shape[0], 1, 40, 40).flatten(1).float().mean(1)
+        lam = p.last["lam"].float()
+        assert torch.allclose(lam, kept, atol=1e-6), (seed, lam, kept)
+        if mode == "elem" and name != "varimix" and seed == 0:
+            assert lam.unique().numel() > 1  # the case that matters: lam per row
 
 
 def test_spmix_ratios_and_tail_orientation():
