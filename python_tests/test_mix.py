@@ -209,6 +209,20 @@ def test_label_weight_is_the_kept_share_of_each_row(name, kw, mode):
             assert lam.unique().numel() > 1  # the case that matters: lam per row
 
 
+@pytest.mark.parametrize("name", [n for n in POLICIES if n != "genmix"])  # genmix: synthetic partners only
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_last_describes_the_mixed_images(name, mode):
+    """policy.last is what was done: every output row is weight_a * x[index_a] +
+    (1 - weight_a) * x[index_b] (the rows with a real partner: all of them here)."""
+    ds, idx, x, y, seg = batch(B=6)
+    p = build(name, ds, mode=mode)
+    out = run(p, ds, idx, x, y, seed=2)[0]
+    ia, ib, w = p.last["index_a"], p.last["index_b"], p.last["weight_a"]
+    assert bool((ib >= 0).all()) and out.shape[0] == ia.shape[0] == ib.shape[0]
+    want = w * x[ia] + (1 - w) * x[ib]
+    assert torch.allclose(out, want, atol=3e-7), (out - want).abs().max()
+
+
 def test_spmix_ratios_and_tail_orientation():
     ds = SynthLesion(8, size=32, seed=0)
     x, _ = ds.render(list(range(8)))
