@@ -38,7 +38,7 @@ def one_hot_targets(y: torch.Tensor, num_classes: int, smoothing: float, device,
     on = 1 - smoothing + off; [B, K] soft / one-hot / multi-label targets pass through. An
     out-of-range label gets a row of `off` (``labels_in_range``: the caller checked them)."""
     if y.dim() == 1:
-        if y.device.type == "cpu" and torch.device(device).type == "cpu":
+        if y.is_cpu and (device.type if isinstance(device, torch.device) else torch.device(device).type) == "cpu":
             # numpy on the host: a table lookup, several times cheaper than tensor ops
             yn = y.numpy()
             if not labels_in_range:
@@ -118,7 +118,7 @@ class MixPolicy(torch.nn.Module):
         B = x.shape[0]
         targets = self.targets_of(y, x.device, checked)
         labels = y if y.dim() == 1 else y.argmax(dim=1)
-        if labels.device != x.device or labels.dtype != torch.long:
+        if labels.dtype != torch.long or not (labels.is_cpu and x.is_cpu) and labels.device != x.device:
             labels = labels.to(device=x.device, dtype=torch.long)
         # Class counts are needed on the host only for class-balanced partners (one sync
         # when the labels live on a GPU); every other path stays on the device.
@@ -196,9 +196,10 @@ class MixPolicy(torch.nn.Module):
                     t_b: torch.Tensor | None = None) -> torch.Tensor:
         """lam * t[a] + (1 - lam) * t[b] (t_b: the partner targets when they are not rows of t;
         index_a None: the rows of t in order, without a gather)."""
-        if (t.device.type == "cpu" and lam.device.type == "cpu" and index_b.device.type == "cpu"
-                and not t.requires_grad and (index_a is None or index_a.device.type == "cpu")
-                and (t_b is None or t_b.device.type == "cpu" and not t_b.requires_grad)):
+        # (is_cpu, not .device.type: a bool instead of a device object, ~6x cheaper per check)
+        if (t.is_cpu and lam.is_cpu and index_b.is_cpu and not t.requires_grad
+                and (index_a is None or index_a.is_cpu)
+                and (t_b is None or t_b.is_cpu and not t_b.requires_grad)):
             # the same float32 operations in numpy: bit-identical and ~4x cheaper on the host
             tn, ln = t.numpy(), lam.numpy().astype(np.float32)[:, None]
             tbn = tn[index_b.numpy()] if t_b is None else t_b.numpy()
@@ -230,7 +231,7 @@ class MixPolicy(torch.nn.Module):
                 raise ValueError(f"{cls}: integer labels y must be [B] = [{B}] ints, got {y.dtype} {list(y.shape)}")
             # Checked when the labels are on the CPU (free); labels on a GPU are trusted (a check
             # would cost a host sync per batch).
-            if y.device.type == "cpu":
+            if y.is_cpu:
                 yn = y.numpy()
                 # One reduction: seen as unsigned, a negative label is huge, so max < K holds
                 # exactly when every label is in [0, K). min / max only for the message.
@@ -248,7 +249,7 @@ class MixPolicy(torch.nn.Module):
                                       or generator.device.type != "cpu"):
             raise TypeError(f"{cls}: generator must be a CPU torch.Generator (randomness is drawn "
                             f"on the host, never with a device sync), got {generator!r}")
-        return y.dim() == 1 and y.device.type == "cpu"
+        return y.dim() == 1 and y.is_cpu
 
     def _check_seg(self, seg, x):
         if seg is None:

@@ -70,6 +70,17 @@ class CutMix(MixPolicy):
     def _sample(self, B, labels, rng, x, lam=None, box=None):
         H, W = x.shape[-2:]
         perm = self.sample_partners(B, labels, rng)
+        if box is None and lam is None and self.mode == "batch":
+            # The common call in plain Python (numpy's per-call cost on 1-element arrays exceeds
+            # the work): the same draws as sample_lam's one Beta and the branch below.
+            lam0 = float(rng.beta(self.alpha, self.alpha))
+            cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
+            yl, yh, xl, xh = box = box_around(cy, cx, lam0, H, W)
+            rows = np.empty((B, 4), dtype=np.int64)
+            rows[:] = box  # (torch.tensor(...).expand costs ~4x more)
+            lam1 = 1.0 - (yh - yl) * (xh - xl) / (H * W) if self.correct_lam else lam0
+            return dict(perm=perm, lam=torch.from_numpy(np.full(B, lam1)), boxes=torch.from_numpy(rows),
+                        one_box=True, _box=box)
         lam_t = self.sample_lam(B, rng, lam)
         # boxes on the host in plain Python / numpy: tensor ops here cost more than the paste
         if box is not None:
@@ -79,7 +90,7 @@ class CutMix(MixPolicy):
             cy, cx = rng.integers(0, H, size=B), rng.integers(0, W, size=B)
             boxes = boxes_around(cy, cx, lam_t.numpy(), H, W)
             one_box = False
-        else:  # one box: plain Python, numpy's per-call cost on 1-element arrays exceeds the work
+        else:  # one box for a forced lam
             cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
             yl, yh, xl, xh = box = box_around(cy, cx, float(lam_t.numpy()[0]), H, W)
             if self.correct_lam:
@@ -99,13 +110,14 @@ class CutMix(MixPolicy):
         lam = self.host_float32(p["lam"])
         boxes = p["boxes"]
         if p["one_box"]:  # batch mode: one box mask broadcast over the batch (a view)
-            w = outside_box(boxes[0].tolist(), H, W, x.device).expand(B, 1, H, W)
+            box = p.pop("_box", None) or boxes.numpy()[0].tolist()  # (_box: internal, not in `last`)
+            w = outside_box(box, H, W, x.device).expand(B, 1, H, W)
             # the fused blend selects at weights 0 / 1: a paste in one pass over the batch
             out = blend_trusted(x, x, w, 0.0, perm, self.backend)
         else:  # a box per sample: the fused blend, partners gathered in the kernel
             w = 1.0 - box_mask(boxes, H, W, x.device)  # the anchor outside the box
             out = blend_trusted(x, x, w, 0.0, perm, self.backend)
-        return dict(x=out, y=self.mix_targets(targets, None, perm, lam), index_a=torch.arange(B),
+        return dict(x=out, y=self.mix_targets(targets, None, perm, lam), index_a=torch.from_numpy(np.arange(B)),
                     index_b=perm, weight_a=w, lam=lam, hard=True)
 
 

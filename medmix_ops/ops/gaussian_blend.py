@@ -103,7 +103,8 @@ def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: f
     Without a gradient to record, the call goes below the autograd key straight to the
     kernel: the Python autograd wrapper of the op costs ~25 us a call on 2 CPU cores."""
     max_radius = math.ceil(3.0 * sigma * (1.0 + 2.0 ** -20))
-    if b_index is not None and (b_index.device != a.device or b_index.dtype != torch.int64):
+    if b_index is not None and (b_index.dtype != torch.int64
+                                or not (b_index.is_cpu and a.is_cpu) and b_index.device != a.device):
         b_index = b_index.to(device=a.device, dtype=torch.int64)
     records_grad = (a.requires_grad or b.requires_grad) and torch.is_grad_enabled()
     if not (records_grad or torch.compiler.is_compiling()):
