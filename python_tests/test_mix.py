@@ -80,6 +80,17 @@ def test_contract(name):
 
 
 @pytest.mark.parametrize("name", POLICIES)
+def test_channels_last_batches_stay_channels_last(name):
+    """A channels_last batch (what a channels_last model is fed) comes back channels_last, with
+    the same values as the contiguous batch (SPMix's class-balanced anchors went NCHW)."""
+    ds, idx, x, y, seg = batch(B=6)
+    want = run(build(name, ds), ds, idx, x, y, seed=4)[0]
+    got = run(build(name, ds), ds, idx, x.contiguous(memory_format=torch.channels_last), y, seed=4)[0]
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", POLICIES)
 def test_same_generator_same_result(name):
     ds, idx, x, y, seg = batch(B=6)
     a = run(build(name, ds), ds, idx, x, y, seed=3)

@@ -70,7 +70,8 @@ class SPMix(MixPolicy):
     def _mix(self, x, targets, labels, p):
         tail, head = self.pairs(labels, p["perm"])
         r, mean, pix = self.ratios(x, tail, head, self.patch)
-        anchor = x if self.partner != "class_balanced" else x.index_select(0, tail)
+        # x[tail], not index_select: advanced indexing keeps a channels_last batch channels_last
+        anchor = x if self.partner != "class_balanced" else x[tail]
         out, _, alpha = gaussian_blend(anchor, x, pix, self.sigma, b_index=head, return_alpha=True,
                                        backend=self.backend, validate=False)
         lam = torch.ones_like(mean) if self.label == "keep" else mean
