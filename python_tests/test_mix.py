@@ -90,6 +90,17 @@ def test_channels_last_batches_stay_channels_last(name):
     assert torch.allclose(got, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", POLICIES)
+def test_half_precision_batches_keep_their_dtype(name, dtype):
+    """bf16 / fp16 batches mix and come back in their dtype, finite (MedDiffuseMix's float32
+    classifier used to refuse them with a raw dtype error)."""
+    ds, idx, x, y, seg = batch(B=6)
+    out_x, out_y = run(build(name, ds), ds, idx, x.to(dtype), y, seed=4)
+    assert out_x.dtype == dtype and bool(torch.isfinite(out_x.float()).all())
+    assert out_y.shape[0] == out_x.shape[0] and torch.allclose(out_y.sum(1), torch.ones(out_y.shape[0]), atol=1e-5)
+
+
 @pytest.mark.parametrize("name", POLICIES)
 def test_same_generator_same_result(name):
     ds, idx, x, y, seg = batch(B=6)

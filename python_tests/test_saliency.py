@@ -243,6 +243,21 @@ def test_from_model_gradient_is_the_known_gradient():
     assert model.fc.weight.grad is None  # no parameter gradients left behind
 
 
+@pytest.mark.parametrize("method", ["gradient", "gradcam"])
+def test_from_model_runs_a_half_precision_batch_in_the_model_dtype(method):
+    """A bf16 / fp16 batch and a float32 classifier (a mixed-precision loader's case): the
+    model runs on the batch cast to its own dtype, the same map as the float32 batch."""
+    torch.manual_seed(0)
+    model = TinyCam()
+    x = torch.rand(2, 3, 16, 20)
+    kw = {"layer": "features"} if method == "gradcam" else {}
+    for dt in (torch.bfloat16, torch.float16):
+        xh = x.to(dt)
+        got = saliency_from_model(model, xh, 3, method, backend="cpu", **kw)
+        want = saliency_from_model(model, xh.float(), 3, method, backend="cpu", **kw)
+        assert torch.equal(got, want)
+
+
 class TinyCam(torch.nn.Module):
     def __init__(self):
         super().__init__()

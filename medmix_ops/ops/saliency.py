@@ -164,7 +164,8 @@ def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
         model: a classifier returning logits ``[B, K]`` (any timm model: ConvNeXt, Swin/SwinV2,
             ViT, ResNet, ...). Its mode (train/eval) is left as it is; no parameter gradients are
             accumulated.
-        x: float images ``[B, C, H, W]``.
+        x: float images ``[B, C, H, W]``, run in the model's parameter dtype (a bf16 batch and a
+            float32 model, or the reverse, need no cast by the caller).
         target: class per sample (``[B]`` ints or one int) whose score is explained; ``None``
             uses the predicted class.
         method: ``"gradient"`` (input gradients) or ``"gradcam"``.
@@ -182,7 +183,10 @@ def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
         raise ValueError(f"saliency_from_model: layout must be auto, NCHW, NHWC or NLC, got {layout!r}")
     if method == "gradcam" and (reduce is not None or sigma is not None):
         raise ValueError("saliency_from_model: reduce= and sigma= apply to method='gradient' only")
-    xg = x.detach().clone().requires_grad_(True)
+    # The model's own floating dtype: a bf16 batch meets a float32 classifier (or the reverse)
+    # in mixed-precision loaders, and the forward would refuse the mismatch.
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
+    xg = x.detach().to(dtype, copy=True).requires_grad_(True)
     with torch.enable_grad():
         if method == "gradient":
             (g,) = torch.autograd.grad(_target_score(model(xg), target), xg)
