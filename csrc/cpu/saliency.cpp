@@ -1,6 +1,6 @@
-// Saliency kernels on the CPU, parallel over samples (fine_grained_saliency: over rows): saliency_map (source transform, separable
-// taps, optional square, bilinear resize, min-max normalisation), spectral_residual_filter and
-// fine_grained_saliency. See csrc/ops.cpp for the contracts. Inner loops run over contiguous
+// Saliency kernels on the CPU, parallel over samples (fine_grained_saliency: over rows):
+// saliency_map (source transform, separable taps, optional square, bilinear resize, min-max
+// normalisation), spectral_residual_filter and fine_grained_saliency. See csrc/ops.cpp for the contracts. Inner loops run over contiguous
 // rows with the taps / channels outside, so the compiler vectorises them.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -32,6 +32,15 @@ def outside_box(box, H: int, W: int, device) -> torch.Tensor:
     return w
 
 
+def anchor_weight(boxes, B: int, H: int, W: int, device, box=None) -> torch.Tensor:
+    """The anchor's per-pixel weight [B, 1, H, W], 0 inside each row's box: with ``box`` (one
+    box for the whole batch, a list) a [1, 1, H, W] mask broadcast as a view; otherwise a mask
+    per row from ``boxes`` [B, 4] (tensor or array)."""
+    if box is not None:
+        return outside_box(box, H, W, device).expand(B, 1, H, W)
+    return 1.0 - box_mask(torch.as_tensor(boxes), H, W, device)
+
+
 def boxes_around(cy: np.ndarray, cx: np.ndarray, lam: np.ndarray, H: int, W: int) -> np.ndarray:
     """timm's rand_bbox around given centres: side sqrt(1 - lam) of H and W, clipped.
     [n] int centres and float lam -> [n, 4] int64 (y_lo, y_hi, x_lo, x_hi)."""
@@ -70,34 +79,31 @@ class CutMix(MixPolicy):
     def _sample(self, B, labels, rng, x, lam=None, box=None):
         H, W = x.shape[-2:]
         perm = self.sample_partners(B, labels, rng)
-        if box is None and lam is None and self.mode == "batch":
-            # The common call in plain Python (numpy's per-call cost on 1-element arrays exceeds
-            # the work): the same draws as sample_lam's one Beta and the branch below.
-            lam0 = float(rng.beta(self.alpha, self.alpha))
+        if box is None and self.mode == "batch":
+            # One box in plain Python (numpy's per-call cost on 1-element arrays exceeds the
+            # work); a drawn lam is sample_lam's one Beta draw, without its [B] tensor.
+            if lam is None:
+                lam_t, lam0 = None, float(rng.beta(self.alpha, self.alpha))
+            else:
+                lam_t = self.sample_lam(B, rng, lam)
+                lam0 = float(lam_t.numpy()[0])
             cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
             yl, yh, xl, xh = box = box_around(cy, cx, lam0, H, W)
+            if self.correct_lam or lam_t is None:
+                lam_t = torch.from_numpy(np.full(B, 1.0 - (yh - yl) * (xh - xl) / (H * W)
+                                                 if self.correct_lam else lam0))
             rows = np.empty((B, 4), dtype=np.int64)
             rows[:] = box  # (torch.tensor(...).expand costs ~4x more)
-            lam1 = 1.0 - (yh - yl) * (xh - xl) / (H * W) if self.correct_lam else lam0
-            return dict(perm=perm, lam=torch.from_numpy(np.full(B, lam1)), boxes=torch.from_numpy(rows),
-                        one_box=True, _box=box)
+            return dict(perm=perm, lam=lam_t, boxes=torch.from_numpy(rows), one_box=True, _box=box)
         lam_t = self.sample_lam(B, rng, lam)
-        # boxes on the host in plain Python / numpy: tensor ops here cost more than the paste
+        # boxes on the host in numpy: tensor ops here cost more than the paste
         if box is not None:
             boxes = np.asarray(torch.as_tensor(box, dtype=torch.long).reshape(-1, 4))
             one_box = bool((boxes == boxes[0]).all())
-        elif self.mode == "elem":
+        else:  # mode "elem"
             cy, cx = rng.integers(0, H, size=B), rng.integers(0, W, size=B)
             boxes = boxes_around(cy, cx, lam_t.numpy(), H, W)
             one_box = False
-        else:  # one box for a forced lam
-            cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
-            yl, yh, xl, xh = box = box_around(cy, cx, float(lam_t.numpy()[0]), H, W)
-            if self.correct_lam:
-                lam_t = torch.from_numpy(np.full(B, 1.0 - (yh - yl) * (xh - xl) / (H * W)))
-            rows = np.empty((B, 4), dtype=np.int64)
-            rows[:] = box  # (torch.tensor(...).expand costs ~4x more)
-            return dict(perm=perm, lam=lam_t, boxes=torch.from_numpy(rows), one_box=True)
         boxes = np.broadcast_to(boxes, (B, 4))
         if self.correct_lam or box is not None:
             area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
@@ -109,14 +115,12 @@ class CutMix(MixPolicy):
         perm = p["perm"]
         lam = self.host_float32(p["lam"])
         boxes = p["boxes"]
-        if p["one_box"]:  # batch mode: one box mask broadcast over the batch (a view)
-            box = p.pop("_box", None) or boxes.numpy()[0].tolist()  # (_box: internal, not in `last`)
-            w = outside_box(box, H, W, x.device).expand(B, 1, H, W)
-            # the fused blend selects at weights 0 / 1: a paste in one pass over the batch
-            out = blend_trusted(x, x, w, 0.0, perm, self.backend)
-        else:  # a box per sample: the fused blend, partners gathered in the kernel
-            w = 1.0 - box_mask(boxes, H, W, x.device)  # the anchor outside the box
-            out = blend_trusted(x, x, w, 0.0, perm, self.backend)
+        # (_box: the one box as a list, internal, not kept in `last`)
+        box = (p.pop("_box", None) or boxes.numpy()[0].tolist()) if p["one_box"] else None
+        w = anchor_weight(boxes, B, H, W, x.device, box)
+        # the fused blend selects at weights 0 / 1: an exact paste in one pass, partners
+        # gathered in the kernel
+        out = blend_trusted(x, x, w, 0.0, perm, self.backend)
         return dict(x=out, y=self.mix_targets(targets, None, perm, lam), index_a=torch.from_numpy(np.arange(B)),
                     index_b=perm, weight_a=w, lam=lam, hard=True)
 

@@ -7,7 +7,7 @@ import torch
 from ..ops import gaussian_blend, saliency
 from ..ops.gaussian_blend import blend_trusted
 from ._base import MixPolicy
-from .cutmix import box_mask, boxes_around, outside_box
+from .cutmix import anchor_weight, boxes_around
 
 
 class SaliencyMix(MixPolicy):
@@ -60,7 +60,7 @@ class SaliencyMix(MixPolicy):
                              (cx - cut_w // 2).clamp(0, W), (cx + cut_w // 2).clamp(0, W)], dim=1)
         area = ((boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])).float()
         lam = 1.0 - area / (H * W)
-        w = 1.0 - box_mask(boxes, H, W, dev)
+        w = anchor_weight(boxes, B, H, W, dev)
         out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm, backend=self.backend, validate=False)
         return dict(x=out, y=self.mix_targets(targets, a, p["perm"], lam), index_a=a,
                     index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes, saliency=s)
@@ -78,10 +78,8 @@ class SaliencyMix(MixPolicy):
         boxes = boxes_around(np.full(B, peak // W), np.full(B, peak % W), lam_host, H, W)
         area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
         lam = torch.from_numpy((np.float32(1) - area.astype(np.float32) / np.float32(H * W)))
-        if (boxes == boxes[0]).all():  # one box broadcast over the batch
-            w = outside_box(boxes[0].tolist(), H, W, dev).expand(B, 1, H, W)
-        else:
-            w = 1.0 - box_mask(torch.from_numpy(boxes), H, W, dev)
+        one = bool((boxes == boxes[0]).all())  # one lam for the batch: one broadcast box
+        w = anchor_weight(boxes, B, H, W, dev, boxes[0].tolist() if one else None)
         out = blend_trusted(x, x, w, 0.0, perm, self.backend)  # selects at 0 / 1: an exact paste
         boxes = torch.from_numpy(boxes)
         return dict(x=out, y=self.mix_targets(targets, None, p["perm"], lam), index_a=a,
