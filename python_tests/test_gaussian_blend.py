@@ -347,6 +347,14 @@ def _bad_cases():
         ("mask wrong size", dict(mask=torch.ones(2, 1, 8, 7)), ValueError, "mask must have shape"),
         ("mask 3-D", dict(mask=torch.ones(2, 8, 8)), ValueError, "mask must be 4-D"),
         ("mask int", dict(mask=torch.ones(2, 1, 8, 8, dtype=torch.int64)), TypeError, "mask must be a floating or bool"),
+        ("mask above 1", dict(mask=torch.full((2, 1, 8, 8), 3.0)), ValueError,
+         "mask values must lie in [0, 1] (1 selects the first image), got min 3, max 3"),
+        ("mask negative", dict(mask=torch.zeros(2, 1, 8, 8).index_fill_(3, torch.tensor([5]), -0.25)),
+         ValueError, "mask values must lie in [0, 1] (1 selects the first image), got min -0.25, max 0"),
+        ("mask nan", dict(mask=torch.ones(2, 1, 8, 8).index_fill_(2, torch.tensor([1]), float("nan"))),
+         ValueError, "got 16 NaN values"),
+        ("mask fp16 above 1", dict(mask=torch.full((2, 1, 8, 8), 1.5, dtype=torch.float16)), ValueError,
+         "got min 1.5, max 1.5"),
         ("negative sigma", dict(sigma=-1.0), ValueError, "sigma must be finite and in"),
         ("nan sigma", dict(sigma=float("nan")), ValueError, "sigma must be finite"),
         ("inf sigma", dict(sigma=float("inf")), ValueError, "sigma must be finite"),
@@ -370,6 +378,28 @@ def test_bad_input_names_the_argument(case):
     args.update(override)
     with pytest.raises(exc, match=__import__("re").escape(message)):
         gaussian_blend(**args)
+
+
+def test_mask_value_check_is_skipped_with_validate_false():
+    """validate=False is the trusted path (masks the caller built): no check, and the blend is
+    the plain formula, so a mask of 3 extrapolates (3a - 2b) instead of raising."""
+    a, b = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    mask = torch.full((2, 1, 8, 8), 3.0)
+    out, lam = gaussian_blend(a, b, mask, 0.0, validate=False)
+    torch.testing.assert_close(out, 3 * a - 2 * b)
+    torch.testing.assert_close(lam, torch.full((2,), 3.0))
+    # values exactly on the bounds and bool masks pass the check
+    edge = torch.zeros(2, 1, 8, 8); edge[:, :, :4] = 1.0
+    gaussian_blend(a, b, edge, 1.0)
+    gaussian_blend(a, b, edge.bool(), 1.0)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_cuda_mask_values_are_checked():
+    a = torch.rand(2, 3, 8, 8, device="cuda")
+    with pytest.raises(ValueError, match="mask values must lie in"):
+        gaussian_blend(a, a, torch.full((2, 1, 8, 8), 2.0, device="cuda"), 1.0)
+    gaussian_blend(a, a, torch.full((2, 1, 8, 8), 2.0, device="cuda"), 1.0, validate=False)
 
 
 def test_mismatched_devices_without_gpu():

@@ -103,9 +103,10 @@ class MedDiffuseMix(MixPolicy):
             background, _ = gaussian_blend(x, x, 1 - beta_map, 0.0, b_index=perm, backend=self.backend,
                                            validate=False)
         else:
-            background, _ = gaussian_blend(content, x, beta_map, 0.0, backend=self.backend)
+            background, _ = gaussian_blend(content, x, beta_map, 0.0, backend=self.backend,
+                                           validate=False)
         mixed, _, alpha = gaussian_blend(x, background, keep, self.sigma, return_alpha=True,
-                                         backend=self.backend)
+                                         backend=self.backend, validate=False)
         weight = alpha + (1 - alpha) * (1 - beta_map)  # per-pixel weight of the original
 
         # Saliency preservation: the evidence must stay where it was.
@@ -115,7 +116,8 @@ class MedDiffuseMix(MixPolicy):
         iou = inter / union.clamp_min(1)
         fail = (iou < self.kappa).view(B, 1, 1, 1)
         if self.on_fail == "attenuate":
-            att, _ = gaussian_blend(x, mixed, torch.full_like(keep, 0.5), 0.0, backend=self.backend)
+            att, _ = gaussian_blend(x, mixed, torch.full_like(keep, 0.5), 0.0, backend=self.backend,
+                                    validate=False)
             mixed = torch.where(fail, att, mixed)
             weight = torch.where(fail, 0.5 + 0.5 * weight, weight)
         else:

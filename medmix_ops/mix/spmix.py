@@ -142,7 +142,7 @@ class SPMixFeatureHook:
             raise ValueError(f"SPMixFeatureHook: patch embedding output {list(output.shape)} does "
                              f"not match the {gh} x {gw} ratio grid")
         mixed, _ = gaussian_blend(feat[tail], feat[head], r[:, None].to(feat.dtype), 0.0,
-                                  backend=self.policy.backend)
+                                  backend=self.policy.backend, validate=False)
         return back(mixed).contiguous()
 
     def remove(self) -> None:

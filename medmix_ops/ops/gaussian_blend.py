@@ -9,8 +9,8 @@ import torch
 
 from .. import _backend
 from .. import reference as _ref
-from .._validation import (check_image, check_mask, check_perm, check_same, opmath_dtype,
-                           per_sample_values)
+from .._validation import (check_image, check_mask, check_mask_values, check_perm, check_same,
+                           opmath_dtype, per_sample_values)
 
 OP = "gaussian_blend"
 SigmaLike = Union[float, int, Sequence[float], torch.Tensor]
@@ -44,8 +44,11 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
             batch with a permutation of itself. Gradients to ``b`` are summed per row.
         return_alpha: also return the blurred mask ``alpha`` as ``Tensor[B, 1, H, W]``.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
-        validate: check a CUDA ``b_index``'s values (one host sync); False skips it (the
-            kernels clamp indices, so memory stays safe).
+        validate: check the values of ``mask`` (in [0, 1], no NaN: a min/max pass) and of
+            ``b_index`` (in range); on a GPU each costs one host sync. False skips the mask
+            check on any device and the ``b_index`` check on a GPU: for masks the caller built
+            itself. The kernels clamp indices, so memory stays safe either way, but a mask
+            outside [0, 1] then extrapolates the blend.
 
     Returns:
         ``(out, lam)``, or ``(out, lam, alpha)`` with ``return_alpha``: ``out`` like ``a``
@@ -74,6 +77,8 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
         b_index = check_perm(OP, b_index, a.shape[0], a.device, validate=validate,
                              name="b_index", upper=b.shape[0])
     check_mask(OP, "mask", mask, a)
+    if validate:
+        check_mask_values(OP, "mask", mask)
     if not isinstance(return_alpha, bool):
         raise TypeError(f"{OP}: return_alpha must be a bool, got {type(return_alpha).__name__}")
     sigma_t, max_radius = sigma_to_tensor(OP, sigma, a.shape[0], a.device)
