@@ -49,12 +49,12 @@ test)
   # SIGINT at the limit: pytest still prints its summary and writes the junit XML.
   start=$(date +%s)
   timeout -s INT -k 30 $(( STAGE_LIMIT_S * 2 / 3 )) $PY -m pytest python_tests -q -p no:cacheprovider -rfE \
-    -k "cuda or beyond_int32 or mismatched_devices" --junitxml="$OUT/junit-gpu.xml" > "$OUT/pytest-gpu.log" 2>&1
+    -k "cuda or beyond_int32 or mismatched_devices or never_sync or without_a_sync" --junitxml="$OUT/junit-gpu.xml" > "$OUT/pytest-gpu.log" 2>&1
   echo "gpu tests rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/pytest-gpu.log"
   left=$(( STAGE_LIMIT_S - 40 - ($(date +%s) - start) ))
   if [ "$left" -gt 30 ]; then
     timeout -s INT -k 30 "$left" $PY -m pytest python_tests -q -p no:cacheprovider -rfE \
-      -k "not (cuda or beyond_int32 or mismatched_devices)" --junitxml="$OUT/junit-rest.xml" > "$OUT/pytest-rest.log" 2>&1
+      -k "not (cuda or beyond_int32 or mismatched_devices or never_sync or without_a_sync)" --junitxml="$OUT/junit-rest.xml" > "$OUT/pytest-rest.log" 2>&1
     echo "other tests rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/pytest-rest.log"
   else
     echo "no time left for the other tests" | tee "$OUT/pytest-rest.log"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ._transfer import to_device
+
 IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
 
 
@@ -106,7 +108,7 @@ def per_sample_values(op: str, name: str, value, batch: int, device, lo: float, 
                 raise TypeError(f"{op}: {name}[{i}] must be a number, got {type(v).__name__}")
             _check_range(op, f"{name}[{i}]", float(v), lo, hi)
             values.append(float(v))
-        return torch.tensor(values, dtype=torch.float32, device=device), max(values)
+        return to_device(torch.tensor(values, dtype=torch.float32), device), max(values)
     if isinstance(value, torch.Tensor):
         if not value.dtype.is_floating_point:
             raise TypeError(f"{op}: {name} tensor must be floating, got {value.dtype}")
@@ -115,7 +117,7 @@ def per_sample_values(op: str, name: str, value, batch: int, device, lo: float, 
         if value.dim() != 1 or value.shape[0] != batch:
             raise ValueError(f"{op}: {name} tensor must have shape [B] = [{batch}] (or be 0-D), "
                              f"got {list(value.shape)}")
-        v32 = value.detach().to(device=device, dtype=torch.float32).contiguous()
+        v32 = to_device(value.detach(), device, torch.float32).contiguous()
         # Inside torch.compile the values are not known at trace time: no host check there.
         if torch.compiler.is_compiling() or (not validate and value.device.type != "cpu"):
             return v32, hi
@@ -155,4 +157,4 @@ def check_perm(op: str, perm, batch: int, device, *, validate: bool = True, name
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(f"{op}: {name} values must be in [0, {upper}), got {name}[{i}] = {int(host[i])}")
-    return perm.detach().to(device=device, dtype=torch.int64).contiguous()
+    return to_device(perm.detach(), device, torch.int64).contiguous()

@@ -15,6 +15,7 @@ import threading
 import numpy as np
 import torch
 
+from .._transfer import to_device
 from .._validation import IMAGE_DTYPES, VOLUME_HINT
 
 MODES = ("batch", "elem")
@@ -47,11 +48,11 @@ def one_hot_targets(y: torch.Tensor, num_classes: int, smoothing: float, device,
         # A comparison, not scatter / F.one_hot: an unchecked out-of-range label on a GPU can
         # never raise a device assert (its row is all `off`).
         off = smoothing / num_classes
-        hit = y.to(device=device, dtype=torch.long)[:, None] == torch.arange(num_classes, device=device)
+        hit = to_device(y, device, torch.long)[:, None] == torch.arange(num_classes, device=device)
         if smoothing == 0.0:
             return hit.to(torch.float32)  # one op instead of where's three (exactly 1 and 0)
         return torch.where(hit, 1.0 - smoothing + off, off).to(torch.float32)
-    return y.to(device=device, dtype=torch.float32)
+    return to_device(y, device, torch.float32)
 
 
 class MixPolicy(torch.nn.Module):
@@ -71,7 +72,9 @@ class MixPolicy(torch.nn.Module):
     partner rows of the input batch per output row; -1 for a synthetic partner), ``weight_a``
     (per-pixel weight of the anchor, ``[B', 1, H, W]``), ``lam`` (label weight of the anchor
     per output row), ``y`` (the soft targets) and policy-specific entries. It never holds the
-    mixed images (that would keep a second batch alive between calls).
+    mixed images (that would keep a second batch alive between calls). Entries stay where
+    they were made: host draws (partners, a drawn lam, CutMix boxes) are CPU tensors, values
+    computed from the images are on their device.
     """
 
     name = "mix"
@@ -118,11 +121,11 @@ class MixPolicy(torch.nn.Module):
         B = x.shape[0]
         targets = self.targets_of(y, x.device, checked)
         labels = y if y.dim() == 1 else y.argmax(dim=1)
-        if labels.dtype != torch.long or not (labels.is_cpu and x.is_cpu) and labels.device != x.device:
-            labels = labels.to(device=x.device, dtype=torch.long)
         # Class counts are needed on the host only for class-balanced partners (one sync
         # when the labels live on a GPU); every other path stays on the device.
-        labels_host = labels.cpu() if self.partner == "class_balanced" else None
+        labels_host = labels.cpu().long() if self.partner == "class_balanced" else None
+        if labels.dtype != torch.long or not (labels.is_cpu and x.is_cpu) and labels.device != x.device:
+            labels = to_device(labels, x.device, torch.long)
         rng = _host_rng(generator)
         if B == 1 or rng.random() >= self.prob:
             self.__dict__["last"] = dict(applied=False, index_a=torch.arange(B), index_b=torch.arange(B),
@@ -205,9 +208,9 @@ class MixPolicy(torch.nn.Module):
             tbn = tn[index_b.numpy()] if t_b is None else t_b.numpy()
             tan = tn if index_a is None else tn[index_a.numpy()]
             return torch.from_numpy(ln * tan + (np.float32(1) - ln) * tbn)
-        lam = lam.to(device=t.device, dtype=torch.float32)[:, None]
-        tb = t.index_select(0, index_b.to(t.device)) if t_b is None else t_b
-        ta = t if index_a is None else t.index_select(0, index_a.to(t.device))
+        lam = to_device(lam, t.device, torch.float32)[:, None]
+        tb = t.index_select(0, to_device(index_b, t.device)) if t_b is None else t_b
+        ta = t if index_a is None else t.index_select(0, to_device(index_a, t.device))
         return lam * ta + (1 - lam) * tb
 
     # ---- validation and segmentation masks --------------------------------------------------
@@ -270,8 +273,8 @@ class MixPolicy(torch.nn.Module):
         """Masks follow the images: seg_a where the anchor's weight is 1, seg_b where it is 0;
         soft weights give float masks (weight-averaged)."""
         w = out["weight_a"]
-        a = seg4[out["index_a"].to(seg4.device)]
-        ib = out["index_b"].to(seg4.device)
+        a = seg4[to_device(out["index_a"], seg4.device)]
+        ib = to_device(out["index_b"], seg4.device)
         b = out.get("seg_b")
         if b is None:
             b = torch.where((ib >= 0).view(-1, 1, 1, 1), seg4[ib.clamp(min=0)], torch.zeros_like(a))

@@ -6,13 +6,14 @@ import math
 import numpy as np
 import torch
 
+from .._transfer import to_device
 from ..ops.gaussian_blend import blend_trusted
 from ._base import MixPolicy
 
 
 def box_mask(boxes: torch.Tensor, H: int, W: int, device) -> torch.Tensor:
     """[B, 4] (y_lo, y_hi, x_lo, x_hi) boxes -> [B, 1, H, W] float mask, 1 inside."""
-    b = boxes.to(device).view(-1, 4, 1, 1)
+    b = to_device(boxes, torch.device(device)).view(-1, 4, 1, 1)
     yy = torch.arange(H, device=device).view(1, H, 1)
     xx = torch.arange(W, device=device).view(1, 1, W)
     inside = (yy >= b[:, 0]) & (yy < b[:, 1]) & (xx >= b[:, 2]) & (xx < b[:, 3])

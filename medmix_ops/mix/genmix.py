@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._transfer import to_device
 from ..ops import gaussian_blend
 from ._base import MixPolicy
 
@@ -93,7 +94,7 @@ class GenMix(MixPolicy):
 
     def _mix(self, x, targets, labels, p):
         B, C, H, W = x.shape
-        syn = labels if p["syn_classes"] is None else p["syn_classes"].to(x.device)
+        syn = labels if p["syn_classes"] is None else to_device(p["syn_classes"], x.device)
         g = torch.Generator().manual_seed(p["gen_seed"])
         out = self.generator(syn, generator=g)
         seg_b = None
@@ -102,7 +103,7 @@ class GenMix(MixPolicy):
         if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != B:
             raise ValueError(f"GenMix: the generator must return images [B = {B}, C, h, w], got "
                              f"{getattr(out, 'shape', type(out).__name__)}")
-        x_syn = out.to(device=x.device)
+        x_syn = to_device(out, x.device)
         if x_syn.shape[1] != C:
             if x_syn.shape[1] != 1:
                 raise ValueError(f"GenMix: synthetic images have {x_syn.shape[1]} channels, x has {C}")
@@ -113,11 +114,11 @@ class GenMix(MixPolicy):
                 seg_b = F.interpolate(seg_b.float(), size=(H, W), mode="nearest")
         x_syn = x_syn.to(x.dtype)
         lam = p["lam"].float()
-        w = lam.to(x.device).view(B, 1, 1, 1).expand(B, 1, H, W)
+        w = to_device(lam, x.device).view(B, 1, 1, 1).expand(B, 1, H, W)
         mixed, _ = gaussian_blend(x, x_syn, w, 0.0, backend=self.backend, validate=False)
         t_syn = self.targets_of(syn, x.device)
         a = torch.arange(B)
         y = self.mix_targets(targets, a, a, lam, t_b=t_syn)
         return dict(x=mixed, y=y, index_a=a, index_b=torch.full((B,), -1), weight_a=w,
-                    lam=lam, hard=False, seg_b=None if seg_b is None else seg_b.to(x.device),
+                    lam=lam, hard=False, seg_b=None if seg_b is None else to_device(seg_b, x.device),
                     x_syn=x_syn, syn_classes=syn)

@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from .._transfer import to_device
 from ..ops import gaussian_blend, saliency_from_model
 from ._base import MixPolicy
 
@@ -73,13 +74,16 @@ class MedDiffuseMix(MixPolicy):
 
     def _saliency(self, x, labels):
         kw = {"layer": self.layer} if self.saliency_method == "gradcam" else {}
-        return saliency_from_model(self.model, x, labels, self.saliency_method, backend=self.backend, **kw)
+        # validate=False: the labels were checked on the host, or are trusted on a GPU (a check
+        # would cost a sync per call, and this runs twice a batch)
+        return saliency_from_model(self.model, x, labels, self.saliency_method, backend=self.backend,
+                                   validate=False, **kw)
 
     def _mix(self, x, targets, labels, p):
         if not x.dtype.is_floating_point:
             raise TypeError(f"MedDiffuseMix: x must be float (the classifier's input), got {x.dtype}")
         B = x.shape[0]
-        perm = p["perm"].to(x.device)
+        perm = to_device(p["perm"], x.device)
         s = self._saliency(x, labels)
         keep = top_fraction(s, self.q)
         seg_b = None
@@ -93,7 +97,7 @@ class MedDiffuseMix(MixPolicy):
             if not isinstance(content, torch.Tensor) or content.shape != x.shape:
                 raise ValueError(f"MedDiffuseMix: the generator must return images shaped like x "
                                  f"{list(x.shape)}, got {getattr(content, 'shape', type(content).__name__)}")
-            content, index_b = content.to(x), torch.full((B,), -1)
+            content, index_b = to_device(content, x.device, x.dtype), torch.full((B,), -1)
         mass = s.flatten(1).sum(1).clamp_min(1e-12)
         beta = (self.strength * (s * keep).flatten(1).sum(1) / mass).clamp(0, 1)
         H, W = x.shape[-2:]

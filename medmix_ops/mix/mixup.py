@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._transfer import to_device
 from ..ops.gaussian_blend import blend_trusted
 from ._base import MixPolicy
 
@@ -28,7 +29,7 @@ class Mixup(MixPolicy):
         perm = p["perm"]
         lam = self.host_float32(p["lam"])
         # lam as a per-sample, broadcast (not materialised) mask of the fused blend
-        w = lam.to(x.device).as_strided((B, 1, H, W), (1, 0, 0, 0))
+        w = to_device(lam, x.device).as_strided((B, 1, H, W), (1, 0, 0, 0))
         # partners are gathered inside the kernel (b_index): no copy of x[perm]
         out = blend_trusted(x, x, w, 0.0, perm, self.backend)
         return dict(x=out, y=self.mix_targets(targets, None, perm, lam),

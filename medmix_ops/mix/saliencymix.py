@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._transfer import to_device
 from ..ops import gaussian_blend, saliency
 from ..ops.gaussian_blend import blend_trusted
 from ._base import MixPolicy
@@ -45,7 +46,7 @@ class SaliencyMix(MixPolicy):
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
         dev = x.device
-        perm = p["perm"].to(dev)
+        perm = to_device(p["perm"], dev)
         a = torch.arange(B)
         if not self.per_sample:
             return self._mix_one_map(x, targets, p, perm, a)
@@ -54,7 +55,7 @@ class SaliencyMix(MixPolicy):
         s = saliency(x, self.method, backend=self.backend).index_select(0, perm)
         peak = s.flatten(1).argmax(dim=1)
         cy, cx = peak // W, peak % W
-        ratio = torch.sqrt(1.0 - p["lam"]).to(dev)
+        ratio = to_device(torch.sqrt(1.0 - p["lam"]), dev)
         cut_h, cut_w = (H * ratio).long(), (W * ratio).long()
         boxes = torch.stack([(cy - cut_h // 2).clamp(0, H), (cy + cut_h // 2).clamp(0, H),
                              (cx - cut_w // 2).clamp(0, W), (cx + cut_w // 2).clamp(0, W)], dim=1)
@@ -83,4 +84,4 @@ class SaliencyMix(MixPolicy):
         out = blend_trusted(x, x, w, 0.0, perm, self.backend)  # selects at 0 / 1: an exact paste
         boxes = torch.from_numpy(boxes)
         return dict(x=out, y=self.mix_targets(targets, None, p["perm"], lam), index_a=a,
-                    index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes.to(dev), saliency=s)
+                    index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=to_device(boxes, dev), saliency=s)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from .._transfer import to_device
 from ..ops import gaussian_blend, patch_ratio_pool, saliency
 from ._base import MixPolicy, _host_rng
 
@@ -49,17 +51,21 @@ class SPMix(MixPolicy):
         self.label, self.sigma = label, float(sigma)
 
     def _sample(self, B, labels, rng, x):
-        return dict(perm=self.sample_partners(B, labels, rng))
+        perm = self.sample_partners(B, labels, rng)
+        return dict(perm=perm, _pairs=self.pairs(labels, perm))
 
-    def pairs(self, labels: torch.Tensor, perm: torch.Tensor):
-        """(tail index, head index) per output row, on the labels' device."""
-        a = torch.arange(labels.shape[0], device=labels.device)
-        perm = perm.to(labels.device)
+    def pairs(self, labels_host: torch.Tensor | None, perm: torch.Tensor):
+        """(tail index, head index) per output row, int64 on the host: the partners themselves,
+        or with class-balanced partners the rarer class of each pair as the tail (from the
+        host labels that drew the partners). Host arithmetic: no device op, no sync."""
+        a = np.arange(perm.shape[0])
         if self.partner != "class_balanced":
-            return a, perm
-        counts = torch.bincount(labels, minlength=self.num_classes)
-        self_is_tail = counts[labels] <= counts[labels[perm]]
-        return torch.where(self_is_tail, a, perm), torch.where(self_is_tail, perm, a)
+            return torch.from_numpy(a), perm
+        ln, pn = labels_host.numpy(), perm.numpy()
+        counts = np.bincount(ln, minlength=self.num_classes)
+        self_is_tail = counts[ln] <= counts[ln[pn]]
+        return (torch.from_numpy(np.where(self_is_tail, a, pn)),
+                torch.from_numpy(np.where(self_is_tail, pn, a)))
 
     def ratios(self, x: torch.Tensor, tail: torch.Tensor, head: torch.Tensor, patch: int):
         """Per-patch ratios [B, gh, gw], mean [B] and pixel map [B, 1, H, W] for the pairs."""
@@ -68,15 +74,16 @@ class SPMix(MixPolicy):
                                 backend=self.backend)
 
     def _mix(self, x, targets, labels, p):
-        tail, head = self.pairs(labels, p["perm"])
-        r, mean, pix = self.ratios(x, tail, head, self.patch)
+        tail, head = p.pop("_pairs")  # (host; internal, not kept in `last`)
+        tail_d, head_d = to_device(tail, x.device), to_device(head, x.device)
+        r, mean, pix = self.ratios(x, tail_d, head_d, self.patch)
         # x[tail], not index_select: advanced indexing keeps a channels_last batch channels_last
-        anchor = x if self.partner != "class_balanced" else x[tail]
-        out, _, alpha = gaussian_blend(anchor, x, pix, self.sigma, b_index=head, return_alpha=True,
+        anchor = x if self.partner != "class_balanced" else x[tail_d]
+        out, _, alpha = gaussian_blend(anchor, x, pix, self.sigma, b_index=head_d, return_alpha=True,
                                        backend=self.backend, validate=False)
         lam = torch.ones_like(mean) if self.label == "keep" else mean
-        y = self.mix_targets(targets, tail, head, lam)
-        return dict(x=out, y=y, index_a=tail.cpu(), index_b=head.cpu(), weight_a=alpha, lam=lam,
+        y = self.mix_targets(targets, tail_d, head_d, lam)
+        return dict(x=out, y=y, index_a=tail, index_b=head, weight_a=alpha, lam=lam,
                     hard=False, ratios=r)
 
 
@@ -112,16 +119,17 @@ class SPMixFeatureHook:
         p._check_inputs(x, y, generator)
         B = x.shape[0]
         targets = p.targets_of(y, x.device)
-        labels = (y if y.dim() == 1 else y.argmax(dim=1)).to(device=x.device, dtype=torch.long)
+        labels = y if y.dim() == 1 else y.argmax(dim=1)
         rng = _host_rng(generator)
-        host = labels.cpu() if p.partner == "class_balanced" else None
+        host = labels.cpu().long() if p.partner == "class_balanced" else None
         perm = p.sample_partners(B, host, rng) if B > 1 else torch.zeros(1, dtype=torch.long)
-        tail, head = p.pairs(labels, perm)
-        r, mean, _ = p.ratios(x, tail, head, self.patch)
-        self._armed = (tail, head, r)
+        tail, head = p.pairs(host, perm)
+        tail_d, head_d = to_device(tail, x.device), to_device(head, x.device)
+        r, mean, _ = p.ratios(x, tail_d, head_d, self.patch)
+        self._armed = (tail_d, head_d, r)
         lam = torch.ones_like(mean) if p.label == "keep" else mean
-        y_soft = p.mix_targets(targets, tail, head, lam)
-        p.last = dict(applied=True, index_a=tail.cpu(), index_b=head.cpu(), ratios=r, lam=lam)
+        y_soft = p.mix_targets(targets, tail_d, head_d, lam)
+        p.last = dict(applied=True, index_a=tail, index_b=head, ratios=r, lam=lam)
         return x, y_soft
 
     def _mix_tokens(self, module, inputs, output):

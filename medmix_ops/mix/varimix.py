@@ -5,6 +5,7 @@ from typing import Callable
 
 import torch
 
+from .._transfer import to_device
 from ..ops import adm_mix
 from ._base import MixPolicy
 
@@ -39,13 +40,14 @@ class VariMix(MixPolicy):
     def _mix(self, x, targets, labels, p):
         B = x.shape[0]
         perm = p["perm"]
+        perm_dev = to_device(perm, x.device)
         with torch.no_grad():
-            x_hat = self.translator(x, x.index_select(0, perm.to(x.device)))
+            x_hat = self.translator(x, x.index_select(0, perm_dev))
         if not isinstance(x_hat, torch.Tensor) or x_hat.shape != x.shape:
             raise ValueError(f"VariMix: the translator must return images shaped like x {list(x.shape)}, "
                              f"got {getattr(x_hat, 'shape', type(x_hat).__name__)}")
         # both directions land in one [2B] tensor: no torch.cat copy of the output batch
-        mixed, lam2, k = adm_mix(x, x_hat.to(dtype=x.dtype, device=x.device), perm.to(x.device),
+        mixed, lam2, k = adm_mix(x, to_device(x_hat, x.device, x.dtype), perm_dev,
                                  p["lam"].float(), return_mask=True, stacked=True,
                                  backend=self.backend, validate=False)
         area = 1.0 - lam2

@@ -9,6 +9,7 @@ import torch
 
 from .. import _backend
 from .. import reference as _ref
+from .._transfer import to_device
 from .._validation import (check_image, check_mask, check_mask_values, check_perm, check_same,
                            opmath_dtype, per_sample_values)
 
@@ -110,7 +111,7 @@ def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: f
     max_radius = math.ceil(3.0 * sigma * (1.0 + 2.0 ** -20))
     if b_index is not None and (b_index.dtype != torch.int64
                                 or not (b_index.is_cpu and a.is_cpu) and b_index.device != a.device):
-        b_index = b_index.to(device=a.device, dtype=torch.int64)
+        b_index = to_device(b_index, a.device, torch.int64)
     records_grad = (a.requires_grad or b.requires_grad) and torch.is_grad_enabled()
     if not (records_grad or torch.compiler.is_compiling()):
         which = _backend.resolve(OP, backend, a.device)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _backend
+from .._transfer import device_constant, to_device
 from ..reference import saliency as _ref
 from .._validation import check_tensor, opmath_dtype  # noqa: F401  (opmath_dtype: API symmetry)
 
@@ -91,8 +92,8 @@ def saliency(x: torch.Tensor, method: str = "fine_grained", *, grads: torch.Tens
     ns = _backend.ops_namespace(which)
     B, C, H, W = x.shape
     dev = x.device
-    none = torch.empty(0, device=dev)
-    identity = torch.ones(1, device=dev)
+    none = device_constant("none", dev, lambda: torch.empty(0))
+    identity = device_constant("identity", dev, lambda: torch.ones(1))
     q = x.dtype == torch.uint8  # OpenCV's 8-bit intermediates (see the reference)
     if method == "spectral_residual":
         small, flat = ns.saliency_map(x, SRC_WEIGHTED, _grey_weights(B, C, dev), identity, False,
@@ -100,17 +101,18 @@ def saliency(x: torch.Tensor, method: str = "fine_grained", *, grads: torch.Tens
         spec = torch.view_as_real(torch.fft.fft2(small[:, 0])).contiguous()
         spec = ns.spectral_residual_filter(spec)
         z = torch.view_as_real(torch.fft.ifft2(torch.view_as_complex(spec))).contiguous()
-        taps = _ref.gaussian_taps_ksize(*_ref.SPECTRAL_BLUR).to(dev)
+        taps = device_constant("spectral_blur", dev, lambda: _ref.gaussian_taps_ksize(*_ref.SPECTRAL_BLUR))
         # a flat (constant) image gives zeros, not the spectrum of its rounding noise
         return ns.saliency_map(z, SRC_COMPLEX_ABS, none, taps, True, H, W, True, False, ~flat)[0]
     if method == "fine_grained":
-        grey, _ = ns.saliency_map(x, SRC_WEIGHTED, _grey_weights(B, C, dev), _ref.smooth_taps().to(dev),
+        grey, _ = ns.saliency_map(x, SRC_WEIGHTED, _grey_weights(B, C, dev),
+                                  device_constant("smooth", dev, _ref.smooth_taps),
                                   False, H, W, False, q, _no_gate(dev))
         integral = _ref.integral_image(grey[:, 0])
         return ns.fine_grained_saliency(grey, integral, list(_ref.FINE_GRAINED_SCALES))
     if method == "gradient":
         mode = SRC_ABS_MAX if reduce == "max" else SRC_ABS_SUM
-        taps = _ref.gaussian_taps_sigma(sigma).to(dev)
+        taps = device_constant(("gradient_blur", sigma), dev, lambda: _ref.gaussian_taps_sigma(sigma))
         return ns.saliency_map(x, mode, none, taps, False, H, W, True, False, _no_gate(dev))[0]
     weights = grads.float().mean(dim=(2, 3)).contiguous()
     return ns.saliency_map(x, SRC_RELU_WEIGHTED, weights, identity, False, size[0], size[1],
@@ -118,11 +120,12 @@ def saliency(x: torch.Tensor, method: str = "fine_grained", *, grads: torch.Tens
 
 
 def _grey_weights(B: int, C: int, device) -> torch.Tensor:
-    return _ref.grey_weights(C).to(device).expand(B, C).contiguous()
+    return device_constant(("grey", B, C), device,
+                           lambda: _ref.grey_weights(C).expand(B, C).contiguous())
 
 
 def _no_gate(device) -> torch.Tensor:
-    return torch.empty(0, dtype=torch.bool, device=device)
+    return device_constant("no_gate", device, lambda: torch.empty(0, dtype=torch.bool))
 
 
 def _check_options(method, grads, size, reduce, sigma) -> None:
@@ -157,7 +160,7 @@ def _check_size(size):
 def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
                         method: str = "gradient", layer=None, *, layout: str = "auto",
                         reduce: str | None = None, sigma: float | None = None,
-                        backend: str = "auto") -> torch.Tensor:
+                        backend: str = "auto", validate: bool = True) -> torch.Tensor:
     """Runs ``model`` forward and backward on ``x`` and returns its saliency ``[B, 1, H, W]``.
 
     Args:
@@ -173,6 +176,12 @@ def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
             the last feature stage of a timm model (``model.feature_info[-1]``), else ``layer4``.
         layout: how that layer's output is laid out: ``"NCHW"``, ``"NHWC"`` (timm Swin),
             ``"NLC"`` (ViT tokens, prefix tokens dropped) or ``"auto"``.
+        validate: check a CUDA ``target`` tensor's classes (one host sync). False skips it
+            and clamps the classes into range instead, so a bad class explains a wrong score
+            but never raises a device assert. CPU targets are always checked.
+
+    Returns:
+        ``Tensor[B, 1, H, W]`` float32 in [0, 1], min-max normalised per sample.
     """
     if method not in ("gradient", "gradcam"):
         raise ValueError(f"saliency_from_model: method must be 'gradient' or 'gradcam', got {method!r}")
@@ -189,7 +198,7 @@ def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
     xg = x.detach().to(dtype, copy=True).requires_grad_(True)
     with torch.enable_grad():
         if method == "gradient":
-            (g,) = torch.autograd.grad(_target_score(model(xg), target), xg)
+            (g,) = torch.autograd.grad(_target_score(model(xg), target, validate), xg)
             return saliency(g, "gradient", reduce=reduce, sigma=sigma, backend=backend)
         module = _resolve_layer(model, layer)
         store = {}
@@ -205,12 +214,12 @@ def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
         if "act" not in store:
             raise ValueError("saliency_from_model: the gradcam layer did not run in the forward pass")
         act = store["act"]
-        (g,) = torch.autograd.grad(_target_score(logits, target), act)
+        (g,) = torch.autograd.grad(_target_score(logits, target, validate), act)
     a, g = _to_nchw(model, act, layout), _to_nchw(model, g, layout)
     return saliency(a, "gradcam", grads=g, size=tuple(x.shape[-2:]), backend=backend)
 
 
-def _target_score(logits: torch.Tensor, target) -> torch.Tensor:
+def _target_score(logits: torch.Tensor, target, validate: bool = True) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ValueError("saliency_from_model: the model must return logits [B, K], got "
                          f"{getattr(logits, 'shape', type(logits).__name__)}")
@@ -225,9 +234,12 @@ def _target_score(logits: torch.Tensor, target) -> torch.Tensor:
         if target.dtype.is_floating_point or target.dim() != 1 or target.shape[0] != B:
             raise ValueError(f"saliency_from_model: target must be [B] = [{B}] class indices, got "
                              f"{target.dtype} {list(target.shape)}")
-        if bool(((target < 0) | (target >= K)).any()):  # user input: worth one sync
-            raise ValueError(f"saliency_from_model: target classes must be in [0, {K})")
-        target = target.to(device=logits.device, dtype=torch.long)
+        if validate or target.is_cpu:  # user input: worth one sync on a GPU
+            if bool(((target < 0) | (target >= K)).any()):
+                raise ValueError(f"saliency_from_model: target classes must be in [0, {K})")
+            target = to_device(target, logits.device, torch.long)
+        else:  # trusted (a policy's labels): clamped, so gather can never assert on a GPU
+            target = to_device(target, logits.device, torch.long).clamp(0, K - 1)
     else:
         raise TypeError(f"saliency_from_model: target must be None, an int or a [B] tensor, got "
                         f"{type(target).__name__}")
