@@ -55,6 +55,27 @@ def test_resume_is_exact(tmp_path, policy):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
+    """The loss's finiteness is read at log / checkpoint steps only (no sync per step), yet a
+    NaN is reported with the step it appeared at, and no checkpoint holds NaN weights."""
+    from medmix_ops.train import classifier
+
+    real, calls = classifier.soft_cross_entropy, []
+
+    def nan_at_step_5(logits, target):
+        calls.append(1)
+        loss = real(logits, target)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(classifier, "soft_cross_entropy", nan_at_step_5)
+    cfg = ClassifierConfig(steps=12, ckpt_every=4, policy="mixup", **dict(SMALL, log_every=3))
+    with pytest.raises(FloatingPointError, match=r"inf or NaN at step 5 \(found at step 6;"):
+        train_classifier(cfg, str(tmp_path))
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 4
+    assert all(bool(torch.isfinite(v).all()) for v in ckpt["model"].values() if v.is_floating_point())
+
+
 def test_sigkill_loses_at_most_one_interval(tmp_path):
     """A run killed with SIGKILL mid-training resumes from its last (intact) checkpoint and ends
     with the weights of an uninterrupted run."""
@@ -156,6 +177,23 @@ def test_generator_resume_is_exact(tmp_path, kind):
     for part in ("models", "ema"):
         for name in a[part]:
             assert all(torch.equal(a[part][name][k], b[part][name][k]) for k in a[part][name]), (part, name)
+
+
+def test_generator_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
+    from medmix_ops.train import generator
+
+    real, calls = generator._dcgan_step, []
+
+    def nan_d_at_step_3(*args):
+        calls.append(1)
+        losses = real(*args)
+        return dict(losses, loss_d=losses["loss_d"] * float("nan")) if len(calls) == 3 else losses
+
+    monkeypatch.setattr(generator, "_dcgan_step", nan_d_at_step_3)
+    cfg = GeneratorConfig(kind="dcgan", steps=6, ckpt_every=2, **dict(_gsmall(), log_every=4))
+    with pytest.raises(FloatingPointError, match=r"inf or NaN at step 3 \(found at step 4;"):
+        train_generator(cfg, str(tmp_path))
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 2
 
 
 def test_sample_command_and_synthetic_folder(tmp_path):

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._transfer import to_device
+
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
@@ -74,15 +76,24 @@ class Diffusion:
         self.T = T
         betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
         self.abar = torch.cumprod(1 - betas, 0).float()
+        self._abar_on: dict = {}
+
+    def abar_on(self, device: torch.device) -> torch.Tensor:
+        """The schedule on `device`, copied once (a copy per call was a host sync on a GPU)."""
+        if device not in self._abar_on:
+            self._abar_on[device] = to_device(self.abar, device)
+        return self._abar_on[device]
 
     def q_sample(self, x0, t, noise):
-        a = self.abar.to(x0.device)[t].view(-1, 1, 1, 1)
+        a = self.abar_on(x0.device)[t].view(-1, 1, 1, 1)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def loss(self, model, x0, y, generator=None):
         B = x0.shape[0]
-        t = torch.randint(0, self.T, (B,), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        # drawn on the host (the generator is a CPU one: the same draws on any device), moved
+        # with pinned non-blocking copies
+        t = to_device(torch.randint(0, self.T, (B,), generator=generator), x0.device)
+        noise = to_device(torch.randn(x0.shape, generator=generator), x0.device)
         return F.mse_loss(model(self.q_sample(x0, t, noise), t, y), noise)
 
     @torch.no_grad()
@@ -90,17 +101,18 @@ class Diffusion:
         """DDIM sampling; with known [B, C, H, W] in [-1, 1] and keep [B, 1, H, W] in {0, 1},
         the kept pixels are re-imposed (noised to the current level) at every step."""
         dev = next(model.parameters()).device
-        x = torch.randn(shape, generator=generator).to(dev)
+        x = to_device(torch.randn(shape, generator=generator), dev)
         ts = torch.linspace(self.T - 1, 0, steps).round().long()
-        abar = self.abar.to(dev)
+        abar = self.abar_on(dev)
         for i, t in enumerate(ts):
+            t_batch = to_device(t.expand(shape[0]), dev)
             if known is not None:
-                noise = torch.randn(shape, generator=generator).to(dev)
-                x = keep * self.q_sample(known, t.expand(shape[0]).to(dev), noise) + (1 - keep) * x
-            eps = model(x, t.expand(shape[0]).to(dev), y)
+                noise = to_device(torch.randn(shape, generator=generator), dev)
+                x = keep * self.q_sample(known, t_batch, noise) + (1 - keep) * x
+            eps = model(x, t_batch, y)
             a = abar[t]
             x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
-            a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=dev)
+            a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else abar.new_ones(())
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         if known is not None:
             x = keep * known + (1 - keep) * x
@@ -116,7 +128,8 @@ class DDPMSampler:
 
     def __call__(self, labels: torch.Tensor, generator: torch.Generator | None = None):
         dev = next(self.model.parameters()).device
-        x = self.diffusion.sample(self.model, labels.to(dev), (labels.shape[0], *self.shape), self.steps, generator)
+        x = self.diffusion.sample(self.model, to_device(labels, dev), (labels.shape[0], *self.shape), self.steps,
+                                  generator)
         return ((x + 1) / 2).clamp(0, 1).to(labels.device)
 
 
@@ -130,14 +143,14 @@ class DDPMInpainter:
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, keep_mask: torch.Tensor, generator=None):
         dev = next(self.model.parameters()).device
         H, W = x.shape[-2:]
-        xs = x.float().to(dev)
-        ks = keep_mask.float().to(dev)
+        xs = to_device(x, dev, torch.float32)
+        ks = to_device(keep_mask, dev, torch.float32)
         if (H, W) != (self.size, self.size):  # work at the model's size, then back
             xs = F.interpolate(xs, size=(self.size, self.size), mode="bilinear", align_corners=False)
             ks = (F.interpolate(ks, size=(self.size, self.size), mode="bilinear", align_corners=False) > 0.5).float()
         if xs.shape[1] != self.channels:
             xs = xs.mean(1, keepdim=True).expand(-1, self.channels, -1, -1)
-        out = self.diffusion.sample(self.model, labels.to(dev), tuple(xs.shape), self.steps, generator,
+        out = self.diffusion.sample(self.model, to_device(labels, dev), tuple(xs.shape), self.steps, generator,
                                     known=xs * 2 - 1, keep=ks)
         out = ((out + 1) / 2).clamp(0, 1)
         if (H, W) != (self.size, self.size):
@@ -146,6 +159,6 @@ class DDPMInpainter:
             out = out.mean(1, keepdim=True).expand(-1, x.shape[1], -1, -1)
         # Re-impose the kept pixels at full resolution: the round trip through the model's
         # size blurs them, and inpainting promises to keep them.
-        keep = keep_mask.to(device=dev, dtype=out.dtype)
-        out = keep * x.to(device=dev, dtype=out.dtype) + (1 - keep) * out
+        keep = to_device(keep_mask, dev, out.dtype)
+        out = keep * to_device(x, dev, out.dtype) + (1 - keep) * out
         return out.to(device=x.device, dtype=x.dtype)

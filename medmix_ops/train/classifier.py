@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import (Batches, CHECKPOINT, Logger, ResumableSampler, Runtime, gather_rng_states,
+from .common import (Batches, CHECKPOINT, FiniteLosses, Logger, ResumableSampler, Runtime, gather_rng_states,
                      load_checkpoint, refuse_to_overwrite, rng_state, save_checkpoint, seed_everything,
                      set_rng_state, timer, write_json)
 from .data import build_datasets
@@ -173,6 +173,7 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
     t0 = timer()
     model.train()
     stop_at = total if cfg.stop_after is None else min(total, cfg.stop_after)
+    watch = FiniteLosses(rt.device)  # inf / NaN, read at log and checkpoint steps only
     while step < stop_at:
         x, y, idx = batches.next()
         x = x.to(rt.device, non_blocking=True)
@@ -189,15 +190,17 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = ddp_model(x)
         loss = soft_cross_entropy(logits, target)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {float(loss)} at step {step}; lower --lr")
+        watch.update(step + 1, loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         step += 1
         bar.update(1)
-        if step % cfg.log_every == 0 or step == total:
+        log_now = step % cfg.log_every == 0 or step == total
+        if log_now or step % cfg.ckpt_every == 0 or step == stop_at:
+            watch.check(step)
+        if log_now:
             dt = timer() - t0
             log.log(step, loss=loss.item(), lr=sched.get_last_lr()[0], images_per_s=cfg.log_every * x.shape[0] / dt)
             bar.set_postfix(loss=f"{loss.item():.3f}")

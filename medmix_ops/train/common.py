@@ -289,5 +289,30 @@ class EMA:
             e.copy_(b)
 
 
+class FiniteLosses:
+    """Watches losses for inf / NaN on their device, read at log and checkpoint steps only.
+
+    ``if not torch.isfinite(loss)`` every step is a host sync per step on a GPU (the host
+    cannot queue the backward until the forward has finished). Here ``update`` records, with
+    device ops alone, whether every loss so far was finite and the first step that was not;
+    ``check`` reads that once and raises. Call it before each checkpoint, so a checkpoint
+    never holds weights updated from a NaN step."""
+
+    def __init__(self, device: torch.device):
+        self.all_finite = torch.ones((), dtype=torch.bool, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, step: int, *losses: torch.Tensor) -> None:
+        """step: the 1-based number of the step that produced the losses."""
+        finite = torch.stack([torch.isfinite(l.detach()).all() for l in losses]).all()
+        self.first_bad = torch.where(self.all_finite & ~finite, step, self.first_bad)
+        self.all_finite &= finite
+
+    def check(self, step: int) -> None:
+        if not bool(self.all_finite):
+            raise FloatingPointError(f"the loss became inf or NaN at step {int(self.first_bad)} (found at "
+                                     f"step {step}; the last checkpoint was written before it); lower --lr")
+
+
 def timer() -> float:
     return time.perf_counter()

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models import KINDS, build_generator_models
-from .common import (Batches, CHECKPOINT, EMA, Logger, ResumableSampler, Runtime, gather_rng_states,
+from .._transfer import to_device
+from .common import (Batches, CHECKPOINT, EMA, FiniteLosses, Logger, ResumableSampler, Runtime, gather_rng_states,
                      load_checkpoint, refuse_to_overwrite, rng_state, save_checkpoint, seed_everything,
                      set_rng_state, write_json)
 from .data import build_datasets
@@ -100,6 +101,7 @@ def _train(cfg: GeneratorConfig, out: Path, resume: bool, rt: Runtime) -> dict:
         if rt.main:
             print(f"resuming from step {step} ({out / CHECKPOINT})")
     loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=False,
+                                         pin_memory=rt.device.type == "cuda",
                                          generator=torch.Generator().manual_seed(cfg.seed))
     log = Logger(out, enabled=rt.main, resume_step=step)
     if rt.main:
@@ -112,12 +114,13 @@ def _train(cfg: GeneratorConfig, out: Path, resume: bool, rt: Runtime) -> dict:
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train-generator {cfg.kind}", disable=not (rt.main and cfg.progress))
     batches = Batches(loader, sampler)
     stop_at = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    watch = FiniteLosses(rt.device)
     while step < stop_at:
         x, y, _ = batches.next()
-        x = (x.to(rt.device).float() * 2 - 1)  # [0, 1] -> [-1, 1]
+        x = (x.to(rt.device, non_blocking=True).float() * 2 - 1)  # [0, 1] -> [-1, 1]
         if x.shape[1] != cfg.channels:
             x = x.mean(1, keepdim=True).expand(-1, cfg.channels, -1, -1)
-        y = torch.as_tensor(y).to(rt.device)
+        y = torch.as_tensor(y).to(rt.device, non_blocking=True)
         # bf16 needs no loss scaler; the weights, optimizer states and EMA stay fp32
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cfg.amp and rt.device.type == "cuda"):
             if cfg.kind == "ddpm":
@@ -128,9 +131,16 @@ def _train(cfg: GeneratorConfig, out: Path, resume: bool, rt: Runtime) -> dict:
                 losses = _i2i_step(models, opts, x, y, gen, cfg, step)
         for k, e in emas.items():
             e.update(models[k])
+        watch.update(step + 1, *losses.values())
         step += 1
         bar.update(1)
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        log_now = step % cfg.log_every == 0 or step == cfg.steps
+        if log_now or step % cfg.ckpt_every == 0 or step in (cfg.steps, stop_at):
+            watch.check(step)
+        if log_now:
+            # the step functions return device scalars: read to the host here only, not
+            # with a sync per step
+            losses = {k: float(v) for k, v in losses.items()}
             log.log(step, **losses)
             bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
         if step % cfg.ckpt_every == 0 or step in (cfg.steps, stop_at):
@@ -184,12 +194,12 @@ def _ddpm_step(models, opts, diffusion, x, y, gen):
     opts["unet"].zero_grad(set_to_none=True)
     loss.backward()
     opts["unet"].step()
-    return dict(loss=loss.item())
+    return dict(loss=loss.detach())
 
 
 def _dcgan_step(models, opts, x, y, gen):
     g, d = models["g"], models["d"]
-    z = torch.randn(x.shape[0], g.z_dim, generator=gen).to(x.device)
+    z = to_device(torch.randn(x.shape[0], g.z_dim, generator=gen), x.device)
     fake = g(z, y)
     loss_d = F.softplus(-d(x, y)).mean() + F.softplus(d(fake.detach(), y)).mean()
     opts["d"].zero_grad(set_to_none=True)
@@ -199,7 +209,7 @@ def _dcgan_step(models, opts, x, y, gen):
     opts["g"].zero_grad(set_to_none=True)
     loss_g.backward()
     opts["g"].step()
-    return dict(loss_d=loss_d.item(), loss_g=loss_g.item())
+    return dict(loss_d=loss_d.detach(), loss_g=loss_g.detach())
 
 
 def _r1(d_out, x):
@@ -212,11 +222,11 @@ def _i2i_step(models, opts, x, y, gen, cfg, step):
     mapping network (latent-guided) on even steps and from a reference image on odd ones."""
     g, m, e, d = models["g"], models["m"], models["e"], models["d"]
     B = x.shape[0]
-    perm = torch.randperm(B, generator=gen).to(x.device)
+    perm = to_device(torch.randperm(B, generator=gen), x.device)
     y_trg, x_ref = y[perm], x[perm]
     latent = step % 2 == 0
-    z1 = torch.randn(B, m.latent_dim, generator=gen).to(x.device)
-    z2 = torch.randn(B, m.latent_dim, generator=gen).to(x.device)
+    z1 = to_device(torch.randn(B, m.latent_dim, generator=gen), x.device)
+    z2 = to_device(torch.randn(B, m.latent_dim, generator=gen), x.device)
 
     def style(z):
         return m(z, y_trg) if latent else e(x_ref)
@@ -236,7 +246,7 @@ def _i2i_step(models, opts, x, y, gen, cfg, step):
     fake = g(x, s1)
     loss_adv = F.softplus(-d(fake, y_trg)).mean()
     loss_sty = (e(fake) - s1).abs().mean()
-    x_ref2 = x[torch.randperm(B, generator=gen).to(x.device)]
+    x_ref2 = x[to_device(torch.randperm(B, generator=gen), x.device)]
     s2 = m(z2, y_trg) if latent else e(x_ref2)
     lambda_ds = cfg.lambda_ds * max(0.0, 1 - step / max(1, cfg.steps))  # diversity decays to 0
     loss_ds = (fake - g(x, s2).detach()).abs().mean()
@@ -245,8 +255,8 @@ def _i2i_step(models, opts, x, y, gen, cfg, step):
     opts["g"].zero_grad(set_to_none=True)
     loss_g.backward()
     opts["g"].step()
-    return dict(loss_d=loss_d.item(), loss_adv=loss_adv.item(), loss_sty=loss_sty.item(),
-                loss_ds=loss_ds.item(), loss_cyc=loss_cyc.item())
+    return dict(loss_d=loss_d.detach(), loss_adv=loss_adv.detach(), loss_sty=loss_sty.detach(),
+                loss_ds=loss_ds.detach(), loss_cyc=loss_cyc.detach())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
