@@ -467,3 +467,25 @@ def test_b_index_bad_input():
         gaussian_blend(a, torch.rand(2, 1, 4, 4), mask, 1.0)
     with pytest.raises(RuntimeError, match="outside"):
         torch.ops.medmix.gaussian_blend(a, b[:2], mask, torch.ones(3), 3, False, torch.tensor([0, 1, 2]))
+
+
+# ---- blend_trusted: the policies' unchecked fast path --------------------------------------------
+
+@pytest.mark.parametrize("below_autograd", [True, False], ids=["below-autograd", "public-path"])
+def test_blend_trusted_equals_gaussian_blend(device_backend, below_autograd, monkeypatch):
+    """The fast path (straight below the autograd key) and its fallback for a torch without
+    that private guard give gaussian_blend's bits, with and without b_index."""
+    import importlib
+
+    gb = importlib.import_module("medmix_ops.ops.gaussian_blend")  # the module, not the function
+
+    if not below_autograd:
+        monkeypatch.setattr(gb, "_BELOW_AUTOGRAD", None)
+    device, backend = device_backend
+    a, b, mask = make_inputs((4, 3, 13, 11), torch.float32, device)
+    perm = torch.tensor([3, 2, 1, 0])
+    for sigma in (0.0, 1.5):
+        want = gaussian_blend(a, b, mask, sigma, backend=backend)[0]
+        assert torch.equal(gb.blend_trusted(a, b, mask, sigma, None, backend), want)
+        want = gaussian_blend(a, a, mask, sigma, b_index=perm.to(device), backend=backend)[0]
+        assert torch.equal(gb.blend_trusted(a, a, mask, sigma, perm, backend), want)

@@ -113,15 +113,20 @@ def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: f
                                 or not (b_index.is_cpu and a.is_cpu) and b_index.device != a.device):
         b_index = to_device(b_index, a.device, torch.int64)
     records_grad = (a.requires_grad or b.requires_grad) and torch.is_grad_enabled()
-    if not (records_grad or torch.compiler.is_compiling()):
+    if not (records_grad or torch.compiler.is_compiling() or _BELOW_AUTOGRAD is None):
         which = _backend.resolve(OP, backend, a.device)
         if which != "reference" and mask.dtype == opmath_dtype(a.dtype):
             op = torch.ops.medmix_triton if which == "triton" else torch.ops.medmix
             sigma_t = _constant_sigma(a.shape[0], float(sigma), a.device)
-            with torch._C._AutoDispatchBelowAutograd():
+            with _BELOW_AUTOGRAD():
                 return op.gaussian_blend.default(a, b, mask, sigma_t, max_radius, False, b_index)[0]
     sigma_t = torch.full((a.shape[0],), float(sigma), dtype=torch.float32, device=a.device)
     return _run(a, b, mask, sigma_t, max_radius, False, b_index, backend)[0]
+
+
+# A private torch guard (present in torch 2.11 to 2.14): should a later torch drop it,
+# blend_trusted takes the public path, slower by the autograd wrapper but the same result.
+_BELOW_AUTOGRAD = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
 
 
 @functools.lru_cache(maxsize=64)
