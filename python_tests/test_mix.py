@@ -355,6 +355,65 @@ def test_genmix_pairs_and_folder_generator(tmp_path):
     assert out_x.shape == x.shape and folder.last["x_syn"].shape == x.shape
 
 
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def _constant_generator(value, dtype=torch.float32):
+    def gen(classes, generator=None):
+        return torch.full((classes.shape[0], 3, 12, 12), value, dtype=dtype)
+    return gen
+
+
+@pytest.mark.parametrize("syn_dtype", [torch.float32, torch.uint8])
+def test_genmix_brings_synthetic_images_into_the_batch_space(syn_dtype):
+    """Generators give [0, 1] floats (or uint8): a uint8 batch gets 0..255 (a plain cast gave
+    0s and 1s: black images), a normalised batch gets (s - mean) / std."""
+    syn = 0.8 if syn_dtype == torch.float32 else 204
+    y = torch.tensor([0, 1, 2, 3])
+    x8 = torch.randint(0, 256, (4, 3, 12, 12), dtype=torch.uint8)
+    p = mix.GenMix(4, _constant_generator(syn, syn_dtype))
+    out, _ = p(x8, y, generator=torch.Generator().manual_seed(0), lam=0.0)
+    assert out.dtype == torch.uint8 and bool((out == 204).all())
+    out, _ = p(x8, y, generator=torch.Generator().manual_seed(0), lam=0.5)  # uint8 blend rounds
+    torch.testing.assert_close(out.float(), (0.5 * x8.float() + 0.5 * 204), atol=0.5, rtol=0)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
+    xn = (torch.rand(4, 3, 12, 12) - mean) / std
+    p = mix.GenMix(4, _constant_generator(syn, syn_dtype), mean=IMAGENET[0], std=IMAGENET[1])
+    out, _ = p(xn, y, generator=torch.Generator().manual_seed(0), lam=0.0)
+    torch.testing.assert_close(out, ((0.8 - mean) / std).expand_as(out))
+    xf = torch.rand(4, 3, 12, 12)  # float in [0, 1], no mean / std: as given
+    out, _ = mix.GenMix(4, _constant_generator(syn, syn_dtype))(xf, y, generator=torch.Generator().manual_seed(0),
+                                                                lam=0.0)
+    torch.testing.assert_close(out, torch.full_like(xf, 0.8))
+
+
+def test_pixel_space_round_trip_and_errors():
+    from medmix_ops._pixels import PixelSpace
+
+    space = PixelSpace(*IMAGENET)
+    u = torch.rand(2, 3, 5, 5)
+    like = torch.zeros(1, 3, 1, 1)
+    torch.testing.assert_close(space.to_unit(space.from_unit(u, like)), u)
+    like16 = like.to(torch.bfloat16)
+    assert space.from_unit(u, like16).dtype == torch.bfloat16
+    u8 = PixelSpace().from_unit(u, torch.zeros(1, dtype=torch.uint8))
+    assert u8.dtype == torch.uint8 and torch.equal(u8, (u * 255).round().to(torch.uint8))
+    torch.testing.assert_close(PixelSpace().to_unit(u8), u8.float() / 255)
+    one = PixelSpace(0.5, 0.25)  # one value for every channel
+    torch.testing.assert_close(one.from_unit(u, like), (u - 0.5) / 0.25)
+    for kwargs, exc, message in [
+        (dict(mean=[0.5, 0.5, 0.5]), ValueError, "give mean and std together"),
+        (dict(mean=[0.5], std=[0.0]), ValueError, "std must be finite and > 0"),
+        (dict(mean=[float("nan")], std=[1.0]), ValueError, "mean must be finite"),
+        (dict(mean="abc", std=[1.0]), TypeError, "mean must be a number or a sequence"),
+        (dict(mean=[0.1, 0.2], std=[1.0, 1.0, 1.0]), ValueError, "one value per channel"),
+    ]:
+        with pytest.raises(exc, match=message):
+            PixelSpace(**kwargs, owner="GenMix")
+    with pytest.raises(ValueError, match="mean has 2 values, the images have 3 channels"):
+        PixelSpace([0.1, 0.2], [1.0, 1.0]).to_unit(u)
+
+
 # ---- bad input ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make,exc,message", [

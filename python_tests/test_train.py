@@ -127,6 +127,10 @@ def test_incompatible_and_corrupt_checkpoints_are_refused(tmp_path, capsys):
         train_classifier(ClassifierConfig(steps=4, **SMALL), str(gen), resume=True)
 
 
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
 def _gsmall():
     return dict(img_size=32, batch_size=8, n_train=32, width=8, log_every=1, progress=False)
 
@@ -143,6 +147,12 @@ def test_generators_train_and_drive_their_policies(tmp_path, kind):
     if kind == "i2i":
         x_hat = gen.translator()(x, x.flip(0))
         assert x_hat.shape == x.shape and 0 <= x_hat.min() and x_hat.max() <= 1
+        # a normalised batch (timm's ImageNet mean / std) maps to [0, 1] and back
+        xn = (x - MEAN) / STD
+        torch.testing.assert_close(gen.translator(mean=MEAN.flatten().tolist(), std=STD.flatten().tolist())(
+            xn, xn.flip(0)), (x_hat - MEAN) / STD, atol=1e-5, rtol=1e-5)
+        x8 = (x * 255).round().to(torch.uint8)  # uint8 batches: 0..255 in and out
+        assert gen.translator()(x8, x8.flip(0)).dtype == torch.uint8
         policy = mix.VariMix.from_checkpoint(tmp_path / "checkpoint.pt", num_classes=4)
         out, yy = policy(x, y, generator=torch.Generator().manual_seed(0))
         assert out.shape == (12, 3, 48, 48)
@@ -164,6 +174,9 @@ def test_generators_train_and_drive_their_policies(tmp_path, kind):
         kept = keep.bool().expand_as(x)
         assert torch.equal(filled[kept], x[kept])  # the kept pixels survive inpainting exactly
         assert (filled - x).abs()[~kept].mean() > 1e-3  # and the rest was regenerated
+        filled_n = gen.inpainter(steps=4, mean=MEAN.flatten().tolist(), std=STD.flatten().tolist())(
+            (x - MEAN) / STD, y, keep, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(filled_n, (filled - MEAN) / STD, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["dcgan", "i2i"])

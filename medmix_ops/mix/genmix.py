@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._pixels import PixelSpace
 from .._transfer import to_device
 from ..ops import gaussian_blend
 from ._base import MixPolicy
@@ -66,7 +67,10 @@ class GenMix(MixPolicy):
       such as the class-conditional DCGAN / DDPM from ``medmix train-generator`` or any
       callable, optionally returning ``(images, masks)``. It may also be a folder of synthetic
       images (``SyntheticFolder``, a path).
-    - Synthetic images are resized to x's size and moved to its device and dtype.
+    - Synthetic images (float in [0, 1] or uint8, as the samplers and ``SyntheticFolder`` give
+      them) are resized to x's size and brought into x's pixel space: 0..255 for a uint8
+      batch, ``(s - mean) / std`` for a batch normalised with ``mean`` / ``std`` (per-channel,
+      e.g. timm's ImageNet values; give both), [0, 1] otherwise.
     - ``pair="same_class"``: the synthetic image has the real one's class, so the label is
       unchanged.
     - ``pair="random"``: it has a uniformly drawn class, and the soft label is
@@ -75,8 +79,10 @@ class GenMix(MixPolicy):
 
     name = "genmix"
 
-    def __init__(self, num_classes: int, generator, *, pair: str = "same_class", **kwargs):
+    def __init__(self, num_classes: int, generator, *, pair: str = "same_class", mean=None, std=None,
+                 **kwargs):
         super().__init__(num_classes, **kwargs)
+        self.space = PixelSpace(mean, std, owner="GenMix")
         if isinstance(generator, (str, os.PathLike)):
             generator = SyntheticFolder(generator)
         if not callable(generator):
@@ -104,6 +110,8 @@ class GenMix(MixPolicy):
             raise ValueError(f"GenMix: the generator must return images [B = {B}, C, h, w], got "
                              f"{getattr(out, 'shape', type(out).__name__)}")
         x_syn = to_device(out, x.device)
+        if x_syn.dtype == torch.uint8:  # 0..255 -> the [0, 1] of float synthetic images
+            x_syn = x_syn.float() / 255
         if x_syn.shape[1] != C:
             if x_syn.shape[1] != 1:
                 raise ValueError(f"GenMix: synthetic images have {x_syn.shape[1]} channels, x has {C}")
@@ -112,7 +120,8 @@ class GenMix(MixPolicy):
             x_syn = F.interpolate(x_syn.float(), size=(H, W), mode="bilinear", align_corners=False)
             if seg_b is not None:
                 seg_b = F.interpolate(seg_b.float(), size=(H, W), mode="nearest")
-        x_syn = x_syn.to(x.dtype)
+        # into x's space: a plain cast would turn [0, 1] floats into uint8 0s and 1s
+        x_syn = self.space.from_unit(x_syn, x)
         lam = p["lam"].float()
         w = to_device(lam, x.device).view(B, 1, 1, 1).expand(B, 1, H, W)
         mixed, _ = gaussian_blend(x, x_syn, w, 0.0, backend=self.backend, validate=False)

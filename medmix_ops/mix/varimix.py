@@ -59,13 +59,16 @@ class VariMix(MixPolicy):
                     lam=torch.cat([area, area]), hard=True, x_hat=x_hat, mask=k)
 
     @classmethod
-    def from_checkpoint(cls, path, num_classes: int, device: str = "cpu", **kwargs) -> "VariMix":
+    def from_checkpoint(cls, path, num_classes: int, device: str = "cpu", *, mean=None, std=None,
+                        **kwargs) -> "VariMix":
         """VariMix driven by a StarGAN-v2-lite checkpoint from ``medmix train-generator --kind i2i``
-        (its EMA weights): ``x_hat = G(x, E(x[perm]))``."""
+        (its EMA weights): ``x_hat = G(x, E(x[perm]))``. mean, std: the per-channel
+        normalisation of the batches (both or neither); the generator works on [0, 1] images,
+        so normalised batches are mapped there and back."""
         from ..models import load_generator
 
         gen = load_generator(path, device)
         if gen.config["num_classes"] != num_classes:
             raise ValueError(f"VariMix.from_checkpoint: {path} was trained for {gen.config['num_classes']} "
                              f"classes, not num_classes={num_classes}")
-        return cls(num_classes, gen.translator(), **kwargs)
+        return cls(num_classes, gen.translator(mean=mean, std=std), **kwargs)

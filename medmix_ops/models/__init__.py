@@ -40,11 +40,14 @@ class LoadedGenerator:
         if self.kind != kind:
             raise ValueError(f"this is a {self.kind!r} generator checkpoint; {what} needs a {kind!r} one")
 
-    def translator(self):
+    def translator(self, mean=None, std=None):
+        """VariMix's translator. mean, std: the per-channel normalisation of the batches it will
+        see (a normalising loader's), both or neither; without them float images are [0, 1]."""
         self._need("i2i", "VariMix's translator")
         from .i2i import Translator
 
-        return Translator(self.models["g"], self.models["e"], self.config["img_size"], self.config["channels"])
+        return Translator(self.models["g"], self.models["e"], self.config["img_size"], self.config["channels"],
+                          mean=mean, std=std)
 
     def sampler(self, steps: int = 50):
         if self.kind == "dcgan":
@@ -57,12 +60,13 @@ class LoadedGenerator:
         return DDPMSampler(self.models["unet"], Diffusion(self.config["T"]), self.config["img_size"],
                            self.config["channels"], steps)
 
-    def inpainter(self, steps: int = 50):
+    def inpainter(self, steps: int = 50, mean=None, std=None):
+        """MedDiffuseMix's inpainter (DDIM, ``steps`` steps); mean, std as for ``translator``."""
         self._need("ddpm", "MedDiffuseMix's inpainting")
         from .ddpm import DDPMInpainter, Diffusion
 
         return DDPMInpainter(self.models["unet"], Diffusion(self.config["T"]), self.config["img_size"],
-                             self.config["channels"], steps)
+                             self.config["channels"], steps, mean=mean, std=std)
 
 
 def load_generator(path, device: str = "cpu") -> LoadedGenerator:

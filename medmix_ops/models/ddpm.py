@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._pixels import PixelSpace
 from .._transfer import to_device
 
 
@@ -137,13 +138,17 @@ class DDPMInpainter:
     """MedDiffuseMix's generator interface: ``inpainter(x, labels, keep_mask, generator=g)``
     regenerates the pixels outside keep_mask (class-conditional), keeping the rest."""
 
-    def __init__(self, model: UNet, diffusion: Diffusion, img_size: int, channels: int, steps: int = 50):
+    def __init__(self, model: UNet, diffusion: Diffusion, img_size: int, channels: int, steps: int = 50,
+                 mean=None, std=None):
         self.model, self.diffusion, self.size, self.channels, self.steps = model.eval(), diffusion, img_size, channels, steps
+        # the caller's pixel space ([0, 1], or normalised with mean / std): the model works in [0, 1]
+        self.space = PixelSpace(mean, std, owner="DDPMInpainter")
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, keep_mask: torch.Tensor, generator=None):
         dev = next(self.model.parameters()).device
         H, W = x.shape[-2:]
-        xs = to_device(x, dev, torch.float32)
+        x_unit = self.space.to_unit(to_device(x, dev))
+        xs = x_unit
         ks = to_device(keep_mask, dev, torch.float32)
         if (H, W) != (self.size, self.size):  # work at the model's size, then back
             xs = F.interpolate(xs, size=(self.size, self.size), mode="bilinear", align_corners=False)
@@ -159,6 +164,6 @@ class DDPMInpainter:
             out = out.mean(1, keepdim=True).expand(-1, x.shape[1], -1, -1)
         # Re-impose the kept pixels at full resolution: the round trip through the model's
         # size blurs them, and inpainting promises to keep them.
-        keep = to_device(keep_mask, dev, out.dtype)
-        out = keep * to_device(x, dev, out.dtype) + (1 - keep) * out
-        return out.to(device=x.device, dtype=x.dtype)
+        keep = to_device(keep_mask, dev, torch.float32)
+        out = keep * to_device(x, dev).float() + (1 - keep) * self.space.from_unit(out, x).float()
+        return (out.round() if x.dtype == torch.uint8 else out).to(device=x.device, dtype=x.dtype)

@@ -14,6 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._pixels import PixelSpace
+from .._transfer import to_device
+
 
 class ResBlk(nn.Module):
     def __init__(self, cin, cout, down=False, norm=True):
@@ -138,8 +141,11 @@ class Translator:
     """VariMix's translator interface: ``translator(x_src, x_ref) -> x_hat``, x_src rendered
     with x_ref's style (class evidence), at the input's size, range and dtype."""
 
-    def __init__(self, g: Generator, e: StyleEncoder, img_size: int, channels: int):
+    def __init__(self, g: Generator, e: StyleEncoder, img_size: int, channels: int, mean=None, std=None):
         self.g, self.e, self.size, self.channels = g.eval(), e.eval(), img_size, channels
+        # the caller's pixel space (uint8, [0, 1], or normalised with mean / std): the
+        # generator works in [0, 1]
+        self.space = PixelSpace(mean, std, owner="Translator")
 
     @torch.no_grad()
     def __call__(self, x_src: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
@@ -147,9 +153,7 @@ class Translator:
         H, W = x_src.shape[-2:]
 
         def prep(x):
-            x = x.float().to(dev)
-            if x_src.dtype == torch.uint8:
-                x = x / 255
+            x = self.space.to_unit(to_device(x, dev))
             if x.shape[1] != self.channels:
                 x = x.mean(1, keepdim=True).expand(-1, self.channels, -1, -1)
             if (H, W) != (self.size, self.size):
@@ -161,7 +165,4 @@ class Translator:
             out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False)
         if out.shape[1] != x_src.shape[1]:
             out = out.mean(1, keepdim=True).expand(-1, x_src.shape[1], -1, -1)
-        out = out.clamp(0, 1)
-        if x_src.dtype == torch.uint8:
-            return (out * 255).round().to(torch.uint8).to(x_src.device)
-        return out.to(device=x_src.device, dtype=x_src.dtype)
+        return self.space.from_unit(out.clamp(0, 1), x_src).to(x_src.device)
