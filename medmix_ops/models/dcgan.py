@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .._transfer import to_device
+
 
 def _levels(size: int) -> int:
     n = int(round(math.log2(size / 4)))
@@ -64,5 +66,5 @@ class DCGANSampler:
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, generator: torch.Generator | None = None):
         dev = next(self.g.parameters()).device
-        z = torch.randn(labels.shape[0], self.g.z_dim, generator=generator).to(dev)
-        return ((self.g(z, labels.to(dev)) + 1) / 2).clamp(0, 1).to(labels.device)
+        z = to_device(torch.randn(labels.shape[0], self.g.z_dim, generator=generator), dev)
+        return ((self.g(z, to_device(labels, dev)) + 1) / 2).clamp(0, 1).to(labels.device)
