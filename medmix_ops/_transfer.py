@@ -23,15 +23,22 @@ def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None =
 
     A CPU tensor bound for a CUDA device is converted on the host first (small tensors: the
     cast is cheaper there than a second device op), pinned and copied with
-    ``non_blocking=True``. Anything else is a plain ``.to``: a no-op when ``t`` is already
-    there, a device-to-device copy otherwise (no host sync either)."""
+    ``non_blocking=True``. A CPU tensor bound for the CPU is returned as it is. Anything else
+    is a plain ``.to``: a no-op when ``t`` is already there, a device-to-device copy (no sync
+    either), or a read-back to the host, which has to wait for the data."""
     if not isinstance(device, torch.device):
         device = torch.device(device)
     if dtype is not None and t.dtype != dtype and t.is_cpu:
         t = t.to(dtype)
+    if t.is_cpu and device.type == "cpu":  # the policies' CPU path: no dispatcher call at all
+        return t
     if not t.is_cpu or device.type != "cuda":
         return t.to(device=device, dtype=dtype)
-    return t.pin_memory().to(device=device, non_blocking=True)
+    try:
+        pinned = t.pin_memory()
+    except RuntimeError:  # no page-locked memory to be had (a container's limit): still correct
+        return t.to(device=device)
+    return pinned.to(device=device, non_blocking=True)
 
 
 _CONSTANTS: dict = {}
