@@ -269,6 +269,38 @@ def test_torchrun_generator_replicas_stay_in_step(tmp_path):
     assert ck["step"] == 3 and len(ck["rng"]) == 2
 
 
+def test_average_gradients_flat_buffer_bookkeeping(monkeypatch):
+    """The generators' gradient averaging packs every gradient into one flat buffer per dtype
+    for a single all-reduce. A stand-in all-reduce (the sum over a second rank holding the
+    same gradients plus one per element index) checks that each gradient gets its own segment
+    back, a missing gradient stays missing, and float64 parameters get their own buffer."""
+    import torch.distributed as dist
+    from medmix_ops.train.generator import _average_gradients
+
+    ps = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5)),
+          torch.nn.Parameter(torch.randn(2, dtype=torch.float64)), torch.nn.Parameter(torch.randn(7))]
+    for p in ps[:3]:
+        p.grad = torch.randn_like(p)
+    want = [p.grad.clone() for p in ps[:3]]
+    calls = []
+
+    def two_rank_sum(t):
+        calls.append(t.dtype)
+        t.add_(t + torch.arange(t.numel(), dtype=t.dtype))  # rank 1: g + its flat index
+
+    monkeypatch.setattr(dist, "all_reduce", two_rank_sum)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    _average_gradients(torch.optim.SGD(ps, lr=0.1), (), {})
+    assert calls == [torch.float32, torch.float64]  # one collective per dtype
+    offsets = {torch.float32: 0, torch.float64: 0}
+    for p, w in zip(ps[:3], want):
+        o = offsets[w.dtype]
+        index = torch.arange(o, o + w.numel(), dtype=w.dtype).view_as(w)
+        torch.testing.assert_close(p.grad, w + index / 2, rtol=0, atol=1e-6)
+        offsets[w.dtype] += w.numel()
+    assert ps[3].grad is None
+
+
 @pytest.mark.parametrize("argv,message", [
     (["train-classifier", "--model", "no_such_model", "--steps", "1"], "--model 'no_such_model'"),
     (["train-classifier", "--data", "/nonexistent/dir", "--steps", "1"], "no such file or directory"),
