@@ -10,7 +10,10 @@ class MixCollate:
     ``(x_mix, y_soft)`` (``(x_mix, y_soft, seg_mix)`` for datasets whose items carry a mask as
     the third element, e.g. SynthLesion). The policy runs on the worker's CPU with the C++
     kernels. ``seed`` makes the mixing reproducible: each batch draws from a generator seeded by
-    (seed, worker id, batch number)."""
+    (seed, the worker's seed, batch number). The DataLoader gives each worker a new seed every
+    epoch (drawn from its ``generator=``, or torch's global RNG), so every epoch mixes afresh
+    and a run with a seeded loader repeats exactly. Without workers, batches are numbered
+    across epochs."""
 
     def __init__(self, policy, seed: int | None = None, keep_seg: bool = True):
         if not callable(policy):
@@ -25,8 +28,10 @@ class MixCollate:
         gen = None
         if self.seed is not None:
             info = torch.utils.data.get_worker_info()
-            wid = info.id if info is not None else 0
-            gen = torch.Generator().manual_seed(hash((self.seed, wid, self._batches)) % (2 ** 62))
+            # info.seed, not info.id: a worker's batch count restarts every epoch (workers are
+            # forked afresh from this object), and (seed, id, count) repeated each epoch's draws
+            wseed = info.seed if info is not None else 0
+            gen = torch.Generator().manual_seed(hash((self.seed, wseed, self._batches)) % (2 ** 62))
         self._batches += 1
         if not isinstance(y, torch.Tensor):
             y = torch.as_tensor(y)
