@@ -72,8 +72,7 @@ def check_mask_values(op: str, name: str, mask: torch.Tensor) -> None:
         return
     lo, hi = torch.aminmax(mask.detach())  # NaN propagates into both, failing the test below
     if not bool((lo >= 0) & (hi <= 1)):
-        bad = mask.detach().double()
-        nan = int(bad.isnan().sum())
+        nan = int(mask.detach().isnan().sum())
         got = (f"{nan} NaN value{'s' if nan > 1 else ''}" if nan
                else f"min {float(lo):g}, max {float(hi):g}")
         raise ValueError(f"{op}: {name} values must lie in [0, 1] (1 selects the first image), got {got}")

@@ -13,7 +13,7 @@ from ._base import MixPolicy
 
 def box_mask(boxes: torch.Tensor, H: int, W: int, device) -> torch.Tensor:
     """[B, 4] (y_lo, y_hi, x_lo, x_hi) boxes -> [B, 1, H, W] float mask, 1 inside."""
-    b = to_device(boxes, torch.device(device)).view(-1, 4, 1, 1)
+    b = to_device(boxes, device).view(-1, 4, 1, 1)
     yy = torch.arange(H, device=device).view(1, H, 1)
     xx = torch.arange(W, device=device).view(1, 1, W)
     inside = (yy >= b[:, 0]) & (yy < b[:, 1]) & (xx >= b[:, 2]) & (xx < b[:, 3])

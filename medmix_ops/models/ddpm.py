@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._pixels import PixelSpace
-from .._transfer import to_device
+from .._transfer import device_constant, to_device
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -77,13 +77,11 @@ class Diffusion:
         self.T = T
         betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
         self.abar = torch.cumprod(1 - betas, 0).float()
-        self._abar_on: dict = {}
 
     def abar_on(self, device: torch.device) -> torch.Tensor:
-        """The schedule on `device`, copied once (a copy per call was a host sync on a GPU)."""
-        if device not in self._abar_on:
-            self._abar_on[device] = to_device(self.abar, device)
-        return self._abar_on[device]
+        """The schedule on `device`, copied once per T and device (a copy per call was a host
+        sync on a GPU)."""
+        return device_constant(("ddpm_abar", self.T), device, lambda: self.abar)
 
     def q_sample(self, x0, t, noise):
         a = self.abar_on(x0.device)[t].view(-1, 1, 1, 1)
@@ -147,8 +145,7 @@ class DDPMInpainter:
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, keep_mask: torch.Tensor, generator=None):
         dev = next(self.model.parameters()).device
         H, W = x.shape[-2:]
-        x_unit = self.space.to_unit(to_device(x, dev))
-        xs = x_unit
+        xs = self.space.to_unit(to_device(x, dev))
         ks = to_device(keep_mask, dev, torch.float32)
         if (H, W) != (self.size, self.size):  # work at the model's size, then back
             xs = F.interpolate(xs, size=(self.size, self.size), mode="bilinear", align_corners=False)
