@@ -172,9 +172,11 @@ def test_the_gpu_cases_run_on_the_cpu():
 @pytest.mark.parametrize("labels_on", ["cpu", "cuda"])
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_policies_never_sync(name, labels_on):
-    """The documented syncs are left out: class-balanced partners (labels to the host) and
-    one-map SaliencyMix (its peak to the host)."""
+    """The documented syncs are left out: class-balanced partners (labels to the host),
+    one-map SaliencyMix (its peak to the host) and the range check of labels on a GPU
+    (``validate=False`` trusts them)."""
     policy = _policy(name, "cuda")
+    policy.validate = labels_on == "cpu"  # host labels are checked for free
     x = _batch("cuda")
     y = torch.tensor([0, 1, 2, 3, 0, 1], device=labels_on)
     seg = (torch.rand(6, 1, 32, 32) > 0.5).float().cuda()
@@ -183,3 +185,28 @@ def test_policies_never_sync(name, labels_on):
     with sync_errors():
         x_mix, y_soft, seg_mix = policy(x, y, generator=torch.Generator().manual_seed(1), seg=seg)
     assert x_mix.is_cuda and y_soft.is_cuda and seg_mix.is_cuda
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_policy_labels_on_a_gpu_are_checked_with_one_sync_or_trusted():
+    """validate=True (the default) reads GPU labels back once to range-check them (a sync, so
+    it raises under the debug mode) and names the bad range; validate=False never syncs and an
+    out-of-range label gets NaN targets, never a device assert or a silently wrong row."""
+    x = _batch("cuda")
+    good = torch.tensor([0, 1, 2, 3, 0, 1], device="cuda")
+    bad = torch.tensor([0, 1, 2, 9, 0, -1], device="cuda")
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes = 4\), got min -1, max 9"):
+        mix.Mixup(4)(x, bad, generator=gen())
+    mix.Mixup(4)(x, good, generator=gen())
+    torch.cuda.synchronize()
+    with sync_errors(), pytest.raises(RuntimeError):
+        mix.Mixup(4)(x, good, generator=gen())  # the check's read-back is the one sync
+    trusting = mix.Mixup(4, validate=False, prob=0.0)  # unmixed: each row is its own target
+    _, y_soft = trusting(x, bad, generator=gen())
+    torch.cuda.synchronize()
+    with sync_errors():
+        _, y_soft = trusting(x, bad, generator=gen())
+    rows = torch.isnan(y_soft).all(dim=1).cpu()
+    assert rows.tolist() == [False, False, False, True, False, True]
+    assert torch.equal(y_soft[:3].cpu(), torch.eye(4)[:3])

@@ -460,18 +460,43 @@ def test_bad_call(args, exc, message):
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_one_hot_targets_definition_and_out_of_range_rows(smoothing):
     """timm's mixup_target convention; an out-of-range label (unchecked labels on a GPU reach
-    it that way) gives a row of all `off` on every path, never an error or a wrapped index."""
+    it that way) gives a row of NaN on every path: a NaN loss, never a silently wrong target,
+    an error or a wrapped index."""
     from medmix_ops.mix import one_hot_targets
+    from medmix_ops.mix._base import _one_hot_rows, _one_hot_table
 
     K = 4
-    y = torch.tensor([0, 3, -1, 7, 2], dtype=torch.int32)
+    y = torch.tensor([0, 3, -1, 7, 2, 4, -5, 1], dtype=torch.int32)
     off = smoothing / K
-    want = torch.full((5, K), off)
-    for r, c in ((0, 0), (1, 3), (4, 2)):
+    want = torch.full((8, K), off)
+    for r, c in ((0, 0), (1, 3), (4, 2), (7, 1)):
         want[r, c] = 1 - smoothing + off
+    for r in (2, 3, 5, 6):
+        want[r] = float("nan")
     got = one_hot_targets(y, K, smoothing, "cpu")
-    assert got.dtype == torch.float32 and torch.equal(got, want)
-    got_meta = one_hot_targets(y.to("meta"), K, smoothing, "meta")  # the device (comparison) path
-    assert got_meta.shape == (5, K) and got_meta.dtype == torch.float32
-    soft = torch.rand(5, K)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    # the device path (clamp, wrap, one gather from a device table), run on host tensors
+    table = torch.from_numpy(_one_hot_table(K, smoothing).copy())
+    dev = _one_hot_rows(y.long(), K, False, table)
+    torch.testing.assert_close(dev, want, rtol=0, atol=0, equal_nan=True)
+    inr = y.long().clamp(0, K - 1)
+    assert torch.equal(_one_hot_rows(inr, K, True, table), one_hot_targets(inr, K, smoothing, "cpu", True))
+    got_meta = one_hot_targets(y.to("meta"), K, smoothing, "meta")
+    assert got_meta.shape == (8, K) and got_meta.dtype == torch.float32
+    soft = torch.rand(8, K)
     assert torch.equal(one_hot_targets(soft, K, smoothing, "cpu"), soft)  # [B, K] passes through
+
+
+def test_validate_flag_checks_host_labels_anyway_and_is_a_bool():
+    """validate=False only trusts labels on a GPU: host labels are checked for free, always."""
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes = 4\), got min 0, max 7"):
+        mix.Mixup(4, validate=False)(x, torch.tensor([0, 7]))
+    with pytest.raises(TypeError, match="validate must be a bool, got str"):
+        mix.CutMix(4, validate="no")
+    balanced = mix.Mixup(4, partner="class_balanced", validate=False)
+    with pytest.raises(ValueError, match="labels must be in"):
+        balanced(x, torch.tensor([-3, 1]))
+    _, y = balanced(x, torch.tensor([2, 1]), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(y).all() and torch.allclose(y.sum(1), torch.ones(2))

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import torch
 
-from .._transfer import to_device
+from .._transfer import device_constant, to_device
 from .._validation import IMAGE_DTYPES, VOLUME_HINT
 
 MODES = ("batch", "elem")
@@ -24,35 +24,48 @@ PARTNERS = ("randperm", "flip", "class_balanced")
 
 @functools.lru_cache(maxsize=64)
 def _one_hot_table(num_classes: int, smoothing: float) -> np.ndarray:
-    """[K + 1, K] float32: row k is the smoothed one-hot target of label k, row K (all `off`)
-    the target of an out-of-range label. One fancy index then builds a batch's targets."""
+    """[K + 1, K] float32: row k is the smoothed one-hot target of label k; row K, the target
+    of an out-of-range label, is NaN (loud in any loss, where a row of `off` would train on
+    a silently wrong target). One fancy index then builds a batch's targets."""
     off = smoothing / num_classes
     table = np.full((num_classes + 1, num_classes), off, dtype=np.float32)
     table[np.arange(num_classes), np.arange(num_classes)] = 1.0 - smoothing + off
+    table[num_classes] = np.nan
     table.flags.writeable = False
     return table
 
 
 def one_hot_targets(y: torch.Tensor, num_classes: int, smoothing: float, device,
                     labels_in_range: bool = False) -> torch.Tensor:
-    """timm's mixup_target convention: integer labels -> one-hot with off = smoothing / K and
-    on = 1 - smoothing + off; [B, K] soft / one-hot / multi-label targets pass through. An
-    out-of-range label gets a row of `off` (``labels_in_range``: the caller checked them)."""
-    if y.dim() == 1:
-        if y.is_cpu and (device.type if isinstance(device, torch.device) else torch.device(device).type) == "cpu":
-            # numpy on the host: a table lookup, several times cheaper than tensor ops
-            yn = y.numpy()
-            if not labels_in_range:
-                yn = np.where((yn >= 0) & (yn < num_classes), yn, num_classes)
-            return torch.from_numpy(_one_hot_table(num_classes, float(smoothing))[yn])
-        # A comparison, not scatter / F.one_hot: an unchecked out-of-range label on a GPU can
-        # never raise a device assert (its row is all `off`).
-        off = smoothing / num_classes
-        hit = to_device(y, device, torch.long)[:, None] == torch.arange(num_classes, device=device)
-        if smoothing == 0.0:
-            return hit.to(torch.float32)  # one op instead of where's three (exactly 1 and 0)
-        return torch.where(hit, 1.0 - smoothing + off, off).to(torch.float32)
-    return to_device(y, device, torch.float32)
+    """timm's mixup_target convention: integer labels ``[B]`` -> float32 ``[B, K]`` on
+    ``device``, off = smoothing / K and on = 1 - smoothing + off; ``[B, K]`` soft / one-hot /
+    multi-label targets pass through. An out-of-range label gets a row of NaN, never an error
+    or a device assert (``labels_in_range``: the caller checked them, skip the remap)."""
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    if y.dim() != 1:
+        return to_device(y, device, torch.float32)
+    table = _one_hot_table(num_classes, float(smoothing))
+    if y.is_cpu and device.type == "cpu":
+        # numpy on the host: a table lookup, several times cheaper than tensor ops
+        yn = y.numpy()
+        if not labels_in_range:
+            yn = np.where((yn >= 0) & (yn < num_classes), yn, num_classes)
+        return torch.from_numpy(table[yn])
+    return _one_hot_rows(to_device(y, device, torch.long), num_classes, labels_in_range,
+                         device_constant(("one_hot", num_classes, float(smoothing)), device,
+                                         lambda: torch.from_numpy(table.copy())))
+
+
+def _one_hot_rows(y: torch.Tensor, num_classes: int, labels_in_range: bool,
+                  table: torch.Tensor) -> torch.Tensor:
+    """The device path of one_hot_targets: rows of ``table`` ([K + 1, K], row K NaN) picked by
+    the int64 labels ``y`` on the table's device, with no host sync. Unchecked labels are
+    clamped to [-1, K] and wrapped mod K + 1, which sends -1 and K (every out-of-range label)
+    to row K and leaves [0, K) alone: two elementwise ops, no comparison with the host."""
+    if not labels_in_range:
+        y = y.clamp(-1, num_classes).remainder_(num_classes + 1)
+    return table.index_select(0, y)
 
 
 class MixPolicy(torch.nn.Module):
@@ -67,6 +80,10 @@ class MixPolicy(torch.nn.Module):
         ``"class_balanced"`` (partners drawn with probability proportional to 1 / the
         frequency of their class in the batch: tail-biased, for long-tailed data).
     backend: passed to the fused ops.
+    validate: check that integer labels on a GPU are in [0, K) (labels on the CPU are always
+        checked, for free). On a GPU the check costs one host sync per call; ``False`` skips
+        it, and an out-of-range label then gets a NaN target row (a NaN loss, never a silently
+        wrong target or a device assert).
 
     After each call ``policy.last`` holds what was done: ``index_a`` / ``index_b`` (anchor and
     partner rows of the input batch per output row; -1 for a synthetic partner), ``weight_a``
@@ -82,7 +99,7 @@ class MixPolicy(torch.nn.Module):
 
     def __init__(self, num_classes: int, *, alpha: float = 1.0, label_smoothing: float = 0.0,
                  prob: float = 1.0, mode: str = "batch", partner: str = "randperm",
-                 backend: str = "auto"):
+                 backend: str = "auto", validate: bool = True):
         super().__init__()
         cls = type(self).__name__
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -105,6 +122,9 @@ class MixPolicy(torch.nn.Module):
         self.mode = mode
         self.partner = partner
         self.backend = backend
+        if not isinstance(validate, bool):
+            raise TypeError(f"{cls}: validate must be a bool, got {type(validate).__name__}")
+        self.validate = validate
         self.last: dict = {}
 
     # ---- the public call -------------------------------------------------------------------
@@ -119,11 +139,14 @@ class MixPolicy(torch.nn.Module):
         checked = self._check_inputs(x, y, generator)
         seg4 = self._check_seg(seg, x)
         B = x.shape[0]
-        targets = self.targets_of(y, x.device, checked)
+        targets = self.targets_of(y, x.device, checked is not None)
         labels = y if y.dim() == 1 else y.argmax(dim=1)
         # Class counts are needed on the host only for class-balanced partners (one sync
-        # when the labels live on a GPU); every other path stays on the device.
-        labels_host = labels.cpu().long() if self.partner == "class_balanced" else None
+        # when the labels live on a GPU, shared with the range check); every other path stays
+        # on the device.
+        labels_host = None
+        if self.partner == "class_balanced":
+            labels_host = (checked if checked is not None else labels.cpu()).long()
         if labels.dtype != torch.long or not (labels.is_cpu and x.is_cpu) and labels.device != x.device:
             labels = to_device(labels, x.device, torch.long)
         rng = _host_rng(generator)
@@ -215,8 +238,9 @@ class MixPolicy(torch.nn.Module):
 
     # ---- validation and segmentation masks --------------------------------------------------
 
-    def _check_inputs(self, x, y, generator) -> bool:
-        """Raises on bad input; True when y holds integer labels checked to be in range."""
+    def _check_inputs(self, x, y, generator) -> torch.Tensor | None:
+        """Raises on bad input. Returns the labels on the host when y holds integer labels
+        that were checked to be in range (y itself on the CPU), else None."""
         cls = type(self).__name__
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise ValueError(f"{cls}: x must be images [B, C, H, W], got "
@@ -232,10 +256,11 @@ class MixPolicy(torch.nn.Module):
         if y.dim() == 1:
             if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.shape[0] != B:
                 raise ValueError(f"{cls}: integer labels y must be [B] = [{B}] ints, got {y.dtype} {list(y.shape)}")
-            # Checked when the labels are on the CPU (free); labels on a GPU are trusted (a check
-            # would cost a host sync per batch).
-            if y.is_cpu:
-                yn = y.numpy()
+            # Checked on the host: free for CPU labels; GPU labels are copied back (one sync)
+            # unless validate=False trusts them.
+            host = y if y.is_cpu else y.cpu() if self.validate else None
+            if host is not None:
+                yn = host.numpy()
                 # One reduction: seen as unsigned, a negative label is huge, so max < K holds
                 # exactly when every label is in [0, K). min / max only for the message.
                 if yn.view(f"u{yn.itemsize}").max() >= self.num_classes:
@@ -252,7 +277,7 @@ class MixPolicy(torch.nn.Module):
                                       or generator.device.type != "cpu"):
             raise TypeError(f"{cls}: generator must be a CPU torch.Generator (randomness is drawn "
                             f"on the host, never with a device sync), got {generator!r}")
-        return y.dim() == 1 and y.is_cpu
+        return host if y.dim() == 1 else None
 
     def _check_seg(self, seg, x):
         if seg is None:

@@ -116,12 +116,14 @@ class SPMixFeatureHook:
 
     def __call__(self, x, y, generator=None):
         p = self.policy
-        p._check_inputs(x, y, generator)
+        checked = p._check_inputs(x, y, generator)
         B = x.shape[0]
-        targets = p.targets_of(y, x.device)
+        targets = p.targets_of(y, x.device, checked is not None)
         labels = y if y.dim() == 1 else y.argmax(dim=1)
         rng = _host_rng(generator)
-        host = labels.cpu().long() if p.partner == "class_balanced" else None
+        host = None
+        if p.partner == "class_balanced":
+            host = (checked if checked is not None else labels.cpu()).long()
         perm = p.sample_partners(B, host, rng) if B > 1 else torch.zeros(1, dtype=torch.long)
         tail, head = p.pairs(host, perm)
         tail_d, head_d = to_device(tail, x.device), to_device(head, x.device)

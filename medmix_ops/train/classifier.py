@@ -175,18 +175,19 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
     stop_at = total if cfg.stop_after is None else min(total, cfg.stop_after)
     watch = FiniteLosses(rt.device)  # inf / NaN, read at log and checkpoint steps only
     while step < stop_at:
-        x, y, idx = batches.next()
+        x, y_host, idx = batches.next()
         x = x.to(rt.device, non_blocking=True)
-        y = y.to(rt.device, non_blocking=True)
         if rt.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         if policy is not None:
             translator = getattr(policy, "translator", None)
             if hasattr(translator, "set_batch"):  # SynthLesion's oracle needs the scenes
-                translator.set_batch(idx.tolist(), y)
-            x, target = policy(x, y, generator=policy_gen)
+                translator.set_batch(idx.tolist(), y_host)
+            # the host labels: the policy range-checks them for free and moves them without
+            # a sync (labels already on a GPU would cost one per step to check)
+            x, target = policy(x, y_host, generator=policy_gen)
         else:
-            target = F.one_hot(y, K).float()
+            target = F.one_hot(y_host.to(rt.device, non_blocking=True), K).float()
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = ddp_model(x)
         loss = soft_cross_entropy(logits, target)
@@ -234,17 +235,22 @@ def _checkpoint(out, cfg, rt, model, opt, sched, sampler_state, step, policy_gen
 
 @torch.no_grad()
 def evaluate(model, test_ds, K, rt, cfg) -> dict:
+    """Test-set metrics (classification_metrics) of ``model`` on the main process."""
     model.eval()
-    loader = torch.utils.data.DataLoader(test_ds, batch_size=max(64, cfg.batch_size), num_workers=cfg.num_workers)
+    cuda = rt.device.type == "cuda"
+    loader = torch.utils.data.DataLoader(test_ds, batch_size=max(64, cfg.batch_size),
+                                         num_workers=cfg.num_workers, pin_memory=cuda)
     probs, labels = [], []
     for x, y, _ in loader:
-        x = x.to(rt.device)
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cfg.amp and rt.device.type == "cuda"):
+        # pinned batches, copied without a sync; the [N, K] probabilities stay on the device
+        # and come back once, so the GPU never idles waiting for a per-batch read-back
+        x = x.to(rt.device, non_blocking=True)
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cfg.amp and cuda):
             logits = model(x)
-        probs.append(logits.float().softmax(1).cpu())
+        probs.append(logits.float().softmax(1))
         labels.append(torch.as_tensor(y))
     model.train()
-    return classification_metrics(torch.cat(probs), torch.cat(labels), K)
+    return classification_metrics(torch.cat(probs).cpu(), torch.cat(labels), K)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
