@@ -102,16 +102,20 @@ class Diffusion:
         dev = next(model.parameters()).device
         x = to_device(torch.randn(shape, generator=generator), dev)
         ts = torch.linspace(self.T - 1, 0, steps).round().long()
+        # the timesteps reach the device in one copy; the schedule is indexed with host ints
+        # (views, where a host tensor index would be one more copy per step)
+        ts_dev, ts_host = to_device(ts, dev), ts.tolist()
         abar = self.abar_on(dev)
-        for i, t in enumerate(ts):
-            t_batch = to_device(t.expand(shape[0]), dev)
+        for i, t in enumerate(ts_host):
+            t_batch = ts_dev[i].expand(shape[0])
             if known is not None:
+                # host draws (the same on any device), copied while the GPU runs the last step
                 noise = to_device(torch.randn(shape, generator=generator), dev)
                 x = keep * self.q_sample(known, t_batch, noise) + (1 - keep) * x
             eps = model(x, t_batch, y)
             a = abar[t]
             x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
-            a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else abar.new_ones(())
+            a_prev = abar[ts_host[i + 1]] if i + 1 < len(ts_host) else abar.new_ones(())
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
         if known is not None:
             x = keep * known + (1 - keep) * x
