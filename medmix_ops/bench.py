@@ -370,6 +370,11 @@ def _policy_groups_at(device, names, g, B, S) -> list[Group]:
     except ImportError:
         mixup_pkg = None
 
+    # timm mixes in place: it gets its own batch, mixed again on every call (convex mixes stay
+    # in [0, 1], and the values do not change the time) instead of a clone per call, which
+    # would charge it a batch copy that a user does not pay
+    x_timm = x.clone()
+
     def policy_group(name, policy, extra_vol=0):
         grp = Group(name, cfg, B, 2 * vol + extra_vol)
         grp.providers["medmix"] = lambda: policy(x, y, generator=gen)
@@ -379,7 +384,7 @@ def _policy_groups_at(device, names, g, B, S) -> list[Group]:
         grp = policy_group("policy_mixup", Mixup(K, partner="flip"))
         if timm_mixup:
             tm = timm_mixup.Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, num_classes=K, label_smoothing=0.0)
-            grp.providers["timm_mixup"] = lambda: tm(x.clone(), y)
+            grp.providers["timm_mixup"] = lambda: tm(x_timm, y)
         if mixup_pkg:
             mp = mixup_pkg.VanillaMixUp()
             grp.providers["mixup_pkg"] = lambda: mp(x, y1)
@@ -388,7 +393,7 @@ def _policy_groups_at(device, names, g, B, S) -> list[Group]:
         grp = policy_group("policy_cutmix", CutMix(K, partner="flip"))
         if timm_mixup:
             tc = timm_mixup.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, num_classes=K, label_smoothing=0.0)
-            grp.providers["timm_cutmix"] = lambda: tc(x.clone(), y)
+            grp.providers["timm_cutmix"] = lambda: tc(x_timm, y)
         if mixup_pkg:
             mc = mixup_pkg.CutMix()
             grp.providers["mixup_pkg"] = lambda: mc(x, y1)

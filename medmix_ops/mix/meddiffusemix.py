@@ -74,8 +74,8 @@ class MedDiffuseMix(MixPolicy):
 
     def _saliency(self, x, labels):
         kw = {"layer": self.layer} if self.saliency_method == "gradcam" else {}
-        # validate=False: the labels were checked on the host, or are trusted on a GPU (a check
-        # would cost a sync per call, and this runs twice a batch)
+        # validate=False: the policy has range-checked the labels already (or its own
+        # validate=False trusts them); a second check would cost a sync per call on a GPU
         return saliency_from_model(self.model, x, labels, self.saliency_method, backend=self.backend,
                                    validate=False, **kw)
 
