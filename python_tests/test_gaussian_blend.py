@@ -180,6 +180,27 @@ def test_arbitrary_strides_and_expanded_mask(device_backend):
     assert_close(lam, want_lam, 1e-6, 1e-6, "lam")
 
 
+def test_hard_mask_shared_by_the_batch(device_backend):
+    """sigma = 0 with one mask broadcast over the batch (CutMix's box, batch stride 0) on an
+    image of more than one 16384-pixel chunk: the CPU kernel sums the shared mask once, and
+    lam and the images must equal those of the same mask materialised per sample, bit for bit."""
+    device, backend = device_backend
+    g = torch.Generator().manual_seed(5)
+    B, C, H, W = 3, 2, 130, 131
+    a = torch.rand(B, C, H, W, generator=g).to(device)
+    b = torch.rand(B, C, H, W, generator=g).to(device)
+    one = torch.rand(1, 1, H, W, generator=g)
+    one = torch.where(one > 0.6, 1.0, torch.where(one < 0.3, 0.0, one)).to(device)
+    perm = torch.tensor([2, 0, 1], device=device)
+    out, lam = gaussian_blend(a, b, one.expand(B, 1, H, W), 0.0, b_index=perm, backend=backend)
+    out_m, lam_m = gaussian_blend(a, b, one.expand(B, 1, H, W).contiguous(), 0.0, b_index=perm,
+                                  backend=backend)
+    assert torch.equal(out, out_m) and torch.equal(lam, lam_m)
+    want_out, want_lam, _ = blend_f64(a, b[perm], one.expand(B, 1, H, W), 0.0)
+    assert_close(out, want_out, 2e-6, 2e-6, "out")
+    assert_close(lam, want_lam, 1e-6, 1e-6, "lam")
+
+
 def test_sigma_forms_agree(device_backend):
     device, backend = device_backend
     a, b, mask = make_inputs((3, 2, 12, 9), torch.float32, device)

@@ -137,6 +137,17 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
   const acc_t* pm = mask.data_ptr<acc_t>();
   acc_t* palpha = alpha_out ? alpha_out->data_ptr<acc_t>() : nullptr;
   std::vector<double> part(B * T);  // per-chunk sums, reduced below in a fixed order
+  // One mask shared by the batch (CutMix's box as a broadcast view, batch stride 0): its
+  // chunk sums are the same for every sample, so they are summed once here instead of B times
+  // (the double-precision sum was a fifth of the blend's time on a 64 x 64 batch).
+  std::vector<double> shared_part;
+  if (!constant && sm.n == 0) {
+    shared_part.resize(T);
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t k0 = t * kPlaneChunk;
+      shared_part[t] = row_sum(pm + k0, std::min(kPlaneChunk, HW - k0));
+    }
+  }
   const int64_t grain = std::max<int64_t>(1, 65536 / std::min(HW, kPlaneChunk) / (C + 1));
   at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
@@ -152,7 +163,7 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
         for (int64_t c = 0; c < C; ++c) blend_run_const(m, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
       } else {
         const acc_t* rm = pm + bi * sm.n + k0;
-        part[task] = row_sum(rm, n);
+        part[task] = shared_part.empty() ? row_sum(rm, n) : shared_part[task % T];
         if (palpha) std::copy(rm, rm + n, palpha + bi * HW + k0);
         for (int64_t c = 0; c < C; ++c) blend_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
       }
