@@ -72,3 +72,26 @@ def test_results_name_the_commit_measured(monkeypatch):
     assert len(head) == 40 and int(head, 16) >= 0
     monkeypatch.setenv("MEDMIX_COMMIT", "0123abc")
     assert bench._commit() == "0123abc"
+
+
+def test_gpu_session_selects_every_gpu_only_test():
+    """benchmarks/gpu_session.sh runs the GPU-only tests first, picked by a -k expression: a GPU
+    test whose id it does not match would only run in the second stage, which a short GPU
+    session may never reach. Every test skipped without CUDA must match it by name."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent
+    script = (root.parent / "benchmarks" / "gpu_session.sh").read_text()
+    keywords = re.search(r'GPU_TESTS="([^"]+)"', script).group(1).split(" or ")
+    gpu_only = []
+    for path in sorted(root.glob("test_*.py")):
+        src = path.read_text()
+        for node in ast.parse(src).body:
+            if isinstance(node, ast.FunctionDef) and any(
+                    "HAS_CUDA" in ast.unparse(d) or "needs_gpu" in ast.unparse(d) for d in node.decorator_list):
+                gpu_only.append(f"{path.stem}::{node.name}")
+    assert len(gpu_only) >= 8, gpu_only  # the scan found the GPU tests (not vacuous)
+    missed = [t for t in gpu_only if not any(k in t for k in keywords)]
+    assert not missed, f"GPU-only tests the GPU stage would not select: {missed}"
