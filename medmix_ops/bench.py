@@ -30,6 +30,11 @@ from .mix import CutMix, GenMix, Mixup, SaliencyMix, SPMix, VariMix
 from .ops import adm_mask, adm_mix, gaussian_blend, patch_ratio_pool, saliency
 from .reference.adm import varimix_public_loop
 
+# Every benchmarked policy: on a GPU the labels live on the device and are trusted, as timm and
+# the mixup package trust them (the default range check would add a host sync per call; on the
+# CPU host labels are checked anyway, for free).
+TRUSTED_LABELS = dict(validate=False)
+
 GROUPS = ("gaussian_blend", "saliency_spectral_residual", "saliency_fine_grained", "saliency_gradient",
           "saliency_gradcam", "patch_ratio_pool", "adm_mix", "adm_mask_otsu", "policy_mixup",
           "policy_cutmix", "policy_saliencymix", "policy_spmix", "policy_varimix", "policy_genmix")
@@ -375,16 +380,13 @@ def _policy_groups_at(device, names, g, B, S) -> list[Group]:
     # would charge it a batch copy that a user does not pay
     x_timm = x.clone()
 
-    # The policies get validate=False: on a GPU the labels live on the device and are trusted,
-    # as timm and the mixup package trust them (a range check would add a host sync per call;
-    # on the CPU host labels are checked anyway, for free).
     def policy_group(name, policy, extra_vol=0):
         grp = Group(name, cfg, B, 2 * vol + extra_vol)
         grp.providers["medmix"] = lambda: policy(x, y, generator=gen)
         return grp
 
     if "policy_mixup" in names:
-        grp = policy_group("policy_mixup", Mixup(K, partner="flip", validate=False))
+        grp = policy_group("policy_mixup", Mixup(K, partner="flip", **TRUSTED_LABELS))
         if timm_mixup:
             tm = timm_mixup.Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, num_classes=K, label_smoothing=0.0)
             grp.providers["timm_mixup"] = lambda: tm(x_timm, y)
@@ -393,7 +395,7 @@ def _policy_groups_at(device, names, g, B, S) -> list[Group]:
             grp.providers["mixup_pkg"] = lambda: mp(x, y1)
         out.append(grp)
     if "policy_cutmix" in names:
-        grp = policy_group("policy_cutmix", CutMix(K, partner="flip", validate=False))
+        grp = policy_group("policy_cutmix", CutMix(K, partner="flip", **TRUSTED_LABELS))
         if timm_mixup:
             tc = timm_mixup.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, num_classes=K, label_smoothing=0.0)
             grp.providers["timm_cutmix"] = lambda: tc(x_timm, y)
@@ -403,8 +405,8 @@ def _policy_groups_at(device, names, g, B, S) -> list[Group]:
         out.append(grp)
     if "policy_saliencymix" in names:
         grp = Group("policy_saliencymix", cfg, B, 2 * vol)
-        one = SaliencyMix(K, validate=False)
-        each = SaliencyMix(K, per_sample=True, validate=False)
+        one = SaliencyMix(K, **TRUSTED_LABELS)
+        each = SaliencyMix(K, per_sample=True, **TRUSTED_LABELS)
         grp.providers["medmix_batch_map"] = lambda: one(x, y, generator=gen)
         grp.providers["medmix_per_sample"] = lambda: each(x, y, generator=gen)
         perm = torch.randperm(B, generator=g).to(device)
@@ -415,7 +417,7 @@ def _policy_groups_at(device, names, g, B, S) -> list[Group]:
             grp.providers["mixup_pkg"] = lambda: ms(x, y1)
         out.append(grp)
     if "policy_spmix" in names:
-        grp = policy_group("policy_spmix", SPMix(K, patch=patch, partner="randperm", validate=False))
+        grp = policy_group("policy_spmix", SPMix(K, patch=patch, partner="randperm", **TRUSTED_LABELS))
         perm = torch.randperm(B, generator=g).to(device)
 
         def composite():
@@ -428,13 +430,13 @@ def _policy_groups_at(device, names, g, B, S) -> list[Group]:
         out.append(grp)
     if "policy_varimix" in names:
         x_hat = (x + 0.2 * torch.randn(x.shape, generator=g).to(device)).clamp(0, 1)
-        grp = policy_group("policy_varimix", VariMix(K, lambda xs, xr: x_hat, validate=False), extra_vol=2 * vol)
+        grp = policy_group("policy_varimix", VariMix(K, lambda xs, xr: x_hat, **TRUSTED_LABELS), extra_vol=2 * vol)
         perm = torch.randperm(B, generator=g).to(device)
         grp.providers["varimix_loop"] = lambda: varimix_public_loop(x, x_hat, perm, 0.4)
         out.append(grp)
     if "policy_genmix" in names:
         pool = torch.rand(B, 3, S, S, generator=g).to(device)
-        grp = policy_group("policy_genmix", GenMix(K, lambda labels, generator=None: pool, validate=False), extra_vol=vol)
+        grp = policy_group("policy_genmix", GenMix(K, lambda labels, generator=None: pool, **TRUSTED_LABELS), extra_vol=vol)
         out.append(grp)
     for grp in out:
         grp.baselines = tuple(p for p in grp.providers if not p.startswith("medmix"))
@@ -473,12 +475,11 @@ def end_to_end(device: str, quick: bool) -> dict:
     pool = torch.rand_like(x)
     from .mix import MedDiffuseMix
 
-    kw = dict(validate=False)  # the labels are on the images' device: trusted, as timm does
-    policies = {"mixup": Mixup(K, **kw), "cutmix": CutMix(K, **kw),
-                "saliencymix": SaliencyMix(K, per_sample=True, **kw),
-                "spmix": SPMix(K, patch=16 if cuda else 8, **kw), "varimix": VariMix(K, lambda a, b: x_hat, **kw),
-                "meddiffusemix": MedDiffuseMix(K, model, **kw),
-                "genmix": GenMix(K, lambda l, generator=None: pool, **kw)}
+    policies = {"mixup": Mixup(K, **TRUSTED_LABELS), "cutmix": CutMix(K, **TRUSTED_LABELS),
+                "saliencymix": SaliencyMix(K, per_sample=True, **TRUSTED_LABELS),
+                "spmix": SPMix(K, patch=16 if cuda else 8, **TRUSTED_LABELS), "varimix": VariMix(K, lambda a, b: x_hat, **TRUSTED_LABELS),
+                "meddiffusemix": MedDiffuseMix(K, model, **TRUSTED_LABELS),
+                "genmix": GenMix(K, lambda l, generator=None: pool, **TRUSTED_LABELS)}
     shares = {}
     for pname, p in policies.items():
         t = statistics.median(measure(lambda: p(x, y), device, budget / 2, 20))
