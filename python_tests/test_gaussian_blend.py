@@ -201,6 +201,53 @@ def test_hard_mask_shared_by_the_batch(device_backend):
     assert_close(lam, want_lam, 1e-6, 1e-6, "lam")
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["per-sample", "shared"])
+def test_hard_masks_binary_in_some_chunks_only(device_backend, shared):
+    """sigma = 0 on a two-chunk image (16384-pixel chunks) where some chunks of the mask hold
+    only 0 and 1 and others also soft values, one a hair below 1: the CPU kernel selects
+    pixels in binary chunks and blends in the others, and both must match the float64
+    reference; under weights of exactly 0 or 1 the kept image's non-finite pixels stay out."""
+    device, backend = device_backend
+    g = torch.Generator().manual_seed(11)
+    B, C, H, W = 3, 3, 129, 130  # H * W = 16770: chunk 0 is 16384 pixels, chunk 1 is 386
+    a = torch.rand(B, C, H, W, generator=g)
+    b = torch.rand(B, C, H, W, generator=g)
+    mask = (torch.rand(B, 1, H, W, generator=g) > 0.5).float()
+    flat = mask.view(B, -1)
+    flat[0, 16384 + 7] = 0.25                   # sample 0: chunk 0 binary, chunk 1 soft
+    flat[2, 100] = float(np.nextafter(np.float32(1), np.float32(0)))  # sample 2: chunk 0 soft
+    if shared:
+        mask = mask[:1].expand(B, 1, H, W)
+    # a partner's NaN / inf where its weight is exactly 0 (the anchor keeps the pixel)
+    b.view(B, C, -1)[:, :, :16384].masked_fill_(mask.reshape(B, 1, -1)[:, :, :16384] == 1, float("nan"))
+    a, b, mask = a.to(device), b.to(device), mask.to(device)
+    out, lam = gaussian_blend(a, b, mask, 0.0, backend=backend)
+    assert torch.isfinite(out).all()
+    clean_b = torch.where(torch.isnan(b), torch.zeros_like(b), b)
+    want_out, want_lam, _ = blend_f64(a, clean_b, mask, 0.0)
+    assert_close(out, want_out, 2e-6, 2e-6, "out")
+    assert_close(lam, want_lam, 1e-6, 1e-6, "lam")
+    hard = (mask == 0) | (mask == 1)
+    picked = torch.where(mask == 1, a, clean_b)
+    assert torch.equal(out[hard.expand_as(out)], picked[hard.expand_as(out)])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.bfloat16, torch.float64])
+def test_binary_masks_copy_pixels_in_every_dtype(device_backend, dtype):
+    """A 0 / 1 mask (with a -0.0 among the zeros) at sigma = 0 copies each pixel of the
+    selected image bit for bit, in every storage dtype, per-sample and batch-shared."""
+    device, backend = device_backend
+    g = torch.Generator().manual_seed(12)
+    B, C, H, W = 2, 3, 128, 131
+    a, b = (torch.rand(B, C, H, W, generator=g) * 255).to(dtype), (torch.rand(B, C, H, W, generator=g) * 255).to(dtype)
+    mask = (torch.rand(B, 1, H, W, generator=g) > 0.5).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    mask.view(-1)[3] = -0.0  # a negative zero selects b, as a zero does
+    a, b, mask = a.to(device), b.to(device), mask.to(device)
+    for m in (mask, mask[:1].expand(B, 1, H, W)):
+        out, _ = gaussian_blend(a, b, m, 0.0, backend=backend)
+        assert torch.equal(out, torch.where(m == 1, a, b))
+
+
 def test_sigma_forms_agree(device_backend):
     device, backend = device_backend
     a, b, mask = make_inputs((3, 2, 12, 9), torch.float32, device)

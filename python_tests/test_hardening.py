@@ -255,7 +255,7 @@ def test_interpreter_takes_scalar_loop_bounds_on_every_supported_triton():
 
 def test_cpu_hot_loops_are_vectorised_and_fma_free():
     """Two build facts no timing test may guard, read from the built extension's machine code:
-    the per-pixel blend's AVX2 clone is vectorised (under GCC's default -ftrapping-math its
+    the per-pixel blend's AVX2 clone (and the hard-mask select's) is vectorised (under GCC's default -ftrapping-math its
     exact-0/1 selects kept it scalar, 3x slower; setup.py and CMake pass -fno-trapping-math),
     and no code uses FMA, so the AVX2 and baseline clones compute the same bits."""
     import platform
@@ -280,5 +280,9 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
         pytest.skip("built without GCC target_clones (another compiler)")
     blend = [n for n in clones if "blend_run<float, float>" in n]
     assert blend and vector_ops[blend[0]] >= 4, f"the float blend loop's AVX2 clone is scalar: {blend}"
+    # the hard-mask path: the 0 / 1 check of a mask chunk and the per-pixel select
+    for loop in ("select_run<float, float>", "all_binary<float>"):
+        found = [n for n in clones if loop in n]
+        assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {loop} is scalar: {found}"
     fma = [line for line in dis.splitlines() if re.search(r"\svfn?m(add|sub)\w*\s", line)]
     assert not fma, f"FMA instructions in the extension (clones would differ from baseline): {fma[:3]}"

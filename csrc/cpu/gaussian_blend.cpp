@@ -112,6 +112,34 @@ MEDMIX_CPU_CLONES void blend_run(const acc_t* __restrict__ alpha, const scalar_t
     o[k] = store_as<scalar_t>(blend_pixel<acc_t>(alpha[k], load_as<acc_t>(a[k]), load_as<acc_t>(b[k])));
 }
 
+// A run under a mask that only holds 0 and 1: a select per pixel. blend_pixel gives the same
+// bits there (it selects at exact 0 and 1), without the arithmetic it computes and discards.
+template <typename scalar_t, typename acc_t>
+MEDMIX_CPU_CLONES void select_run(const acc_t* __restrict__ alpha, const scalar_t* __restrict__ a,
+                                  const scalar_t* __restrict__ b, scalar_t* __restrict__ o, int64_t n) {
+  // both loads unconditional, so that the compiler emits plain vector loads and a blend
+  // rather than masked loads
+  for (int64_t k = 0; k < n; ++k) {
+    const scalar_t va = a[k], vb = b[k];
+    o[k] = alpha[k] != acc_t(0) ? va : vb;
+  }
+}
+
+// True when every value of m[0, n) is exactly 0 or 1.
+template <typename acc_t>
+MEDMIX_CPU_CLONES bool all_binary(const acc_t* __restrict__ m, int64_t n) {
+  // In blocks, so that a soft mask (the common non-binary case) is told apart after one block
+  // instead of a pass over the chunk. (An int, not a bool: GCC vectorises the integer OR.)
+  constexpr int64_t kBlock = 256;
+  for (int64_t k0 = 0; k0 < n; k0 += kBlock) {
+    const int64_t k1 = std::min(n, k0 + kBlock);
+    int32_t other = 0;
+    for (int64_t k = k0; k < k1; ++k) other |= (m[k] != acc_t(0)) & (m[k] != acc_t(1));
+    if (other) return false;
+  }
+  return true;
+}
+
 template <typename scalar_t, typename acc_t>
 MEDMIX_CPU_CLONES void blend_run_const(acc_t alpha, const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                      scalar_t* __restrict__ o, int64_t n) {
@@ -141,11 +169,14 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
   // chunk sums are the same for every sample, so they are summed once here instead of B times
   // (the double-precision sum was a fifth of the blend's time on a 64 x 64 batch).
   std::vector<double> shared_part;
+  std::vector<char> shared_binary;
   if (!constant && sm.n == 0) {
     shared_part.resize(T);
+    shared_binary.resize(T);
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t k0 = t * kPlaneChunk;
-      shared_part[t] = row_sum(pm + k0, std::min(kPlaneChunk, HW - k0));
+      const int64_t k0 = t * kPlaneChunk, n = std::min(kPlaneChunk, HW - k0);
+      shared_part[t] = row_sum(pm + k0, n);
+      shared_binary[t] = all_binary(pm + k0, n);
     }
   }
   const int64_t grain = std::max<int64_t>(1, 65536 / std::min(HW, kPlaneChunk) / (C + 1));
@@ -163,9 +194,20 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
         for (int64_t c = 0; c < C; ++c) blend_run_const(m, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
       } else {
         const acc_t* rm = pm + bi * sm.n + k0;
-        part[task] = shared_part.empty() ? row_sum(rm, n) : shared_part[task % T];
+        bool binary;
+        if (shared_part.empty()) {
+          part[task] = row_sum(rm, n);
+          binary = all_binary(rm, n);  // the chunk was just read: a pass over cache
+        } else {
+          part[task] = shared_part[task % T];
+          binary = shared_binary[task % T];
+        }
         if (palpha) std::copy(rm, rm + n, palpha + bi * HW + k0);
-        for (int64_t c = 0; c < C; ++c) blend_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+        if (binary) {
+          for (int64_t c = 0; c < C; ++c) select_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+        } else {
+          for (int64_t c = 0; c < C; ++c) blend_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+        }
       }
     }
   });
