@@ -245,6 +245,36 @@ def test_last_describes_the_mixed_images(name, mode):
     assert torch.allclose(out, want, atol=3e-7), (out - want).abs().max()
 
 
+@pytest.mark.parametrize("name", list(POLICIES))
+@pytest.mark.parametrize("prob", [1.0, 0.0], ids=["applied", "skipped"])
+def test_last_holds_tensors_and_survives_copies(name, prob):
+    """policy.last is built when first read: its arrays are tensors then (never numpy), a
+    second read returns the same objects, the next call replaces it, and a policy copied or
+    pickled between a call and the read (a DataLoader worker's copy) still reads it."""
+    import copy
+    import pickle
+
+    ds, idx, x, y, seg = batch(B=6)
+    p = build(name, ds, prob=prob)
+    run(p, ds, idx, x, y, seed=1)
+    twin, restored = copy.deepcopy(p), pickle.loads(pickle.dumps(p))
+    last = p.last
+    assert last["applied"] == (prob == 1.0)
+    for key in ("index_a", "index_b", "lam"):
+        assert isinstance(last[key], torch.Tensor) and last[key].shape[0] == last["index_a"].shape[0], key
+    assert not any(isinstance(v, np.ndarray) for v in last.values())
+    assert p.last is last and p.last["index_a"] is last["index_a"]
+    for other in (twin, restored):
+        assert other.last.keys() == last.keys()
+        for k, v in last.items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(other.last[k], v), k
+    run(p, ds, idx, x, y, seed=2)
+    assert p.last is not last
+    p.last = {"mine": 1}
+    assert p.last == {"mine": 1}
+
+
 def test_spmix_ratios_and_tail_orientation():
     ds = SynthLesion(8, size=32, seed=0)
     x, _ = ds.render(list(range(8)))

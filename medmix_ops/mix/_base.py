@@ -125,7 +125,35 @@ class MixPolicy(torch.nn.Module):
         if not isinstance(validate, bool):
             raise TypeError(f"{cls}: validate must be a bool, got {type(validate).__name__}")
         self.validate = validate
-        self.last: dict = {}
+        self.last = {}
+
+    # ---- policy.last: built when read -------------------------------------------------------
+
+    @property
+    def last(self) -> dict:
+        """What the last call did (see the class docstring). A call stores its parts and the
+        dict is built on the first read: host arrays become CPU tensors then, so a training
+        loop that never reads it pays for none of them (each tensor made per call costs several
+        microseconds of a small batch's mixing time)."""
+        d = self.__dict__
+        parts = d["_last_parts"]
+        if parts is not None:
+            merged = {}
+            for part in parts:  # in order: a later part's entry wins (out's lam over params')
+                merged.update(part)
+            d["_last"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                          for k, v in merged.items()}
+            d["_last_parts"] = None
+        return d["_last"]
+
+    @last.setter
+    def last(self, value: dict) -> None:
+        self.__dict__["_last"] = value
+        self.__dict__["_last_parts"] = None
+
+    def _set_last(self, *parts: dict) -> None:
+        # (the instance dict directly: nn.Module.__setattr__ is slow)
+        self.__dict__["_last_parts"] = parts
 
     # ---- the public call -------------------------------------------------------------------
 
@@ -151,8 +179,9 @@ class MixPolicy(torch.nn.Module):
             labels = to_device(labels, x.device, torch.long)
         rng = _host_rng(generator)
         if B == 1 or rng.random() >= self.prob:
-            self.__dict__["last"] = dict(applied=False, index_a=torch.arange(B), index_b=torch.arange(B),
-                                         lam=torch.ones(B), weight_a=None)
+            rows = np.arange(B)
+            self._set_last(dict(applied=False, index_a=rows, index_b=rows.copy(),
+                                lam=np.ones(B, dtype=np.float32), weight_a=None))
             return (x, targets) if seg is None else (x, targets, seg)
         try:
             params = self._sample(B, labels_host, rng, x, **overrides)
@@ -160,8 +189,7 @@ class MixPolicy(torch.nn.Module):
             raise TypeError(f"{cls}: {e}") from None
         out = self._mix(x, targets, labels, params)
         x_mix = out.pop("x")  # not kept in `last`: a batch of memory held until the next call
-        # (the instance dict directly: nn.Module.__setattr__ is slow, and `last` is plain data)
-        self.__dict__["last"] = {"applied": True, **params, **out}  # out's lam (label weight) wins
+        self._set_last(_APPLIED, params, out)  # out's lam (label weight) wins
         if seg is None:
             return x_mix, out["y"]
         return x_mix, out["y"], self._mix_seg(seg4, seg, out)
@@ -188,7 +216,8 @@ class MixPolicy(torch.nn.Module):
         if self.partner == "flip":
             return torch.from_numpy(np.arange(B - 1, -1, -1))
         if self.partner == "randperm":
-            return torch.from_numpy(rng.permutation(B)).long()
+            perm = rng.permutation(B)  # int64 wherever numpy's default int is (not a .long() call)
+            return torch.from_numpy(perm if perm.dtype == np.int64 else perm.astype(np.int64))
         counts = np.bincount(labels.numpy(), minlength=self.num_classes).astype(np.float64)
         weight = 1.0 / counts[labels.numpy()]
         out = np.empty(B, dtype=np.int64)
@@ -218,20 +247,22 @@ class MixPolicy(torch.nn.Module):
         return torch.from_numpy(lam.numpy().astype(np.float32))
 
     @staticmethod
-    def mix_targets(t: torch.Tensor, index_a, index_b, lam: torch.Tensor,
+    def mix_targets(t: torch.Tensor, index_a, index_b, lam,
                     t_b: torch.Tensor | None = None) -> torch.Tensor:
         """lam * t[a] + (1 - lam) * t[b] (t_b: the partner targets when they are not rows of t;
-        index_a None: the rows of t in order, without a gather)."""
+        index_a None: the rows of t in order, without a gather). lam: a [B] tensor or a host
+        numpy array."""
+        host_lam = isinstance(lam, np.ndarray)
         # (is_cpu, not .device.type: a bool instead of a device object, ~6x cheaper per check)
-        if (t.is_cpu and lam.is_cpu and index_b.is_cpu and not t.requires_grad
+        if (t.is_cpu and (host_lam or lam.is_cpu) and index_b.is_cpu and not t.requires_grad
                 and (index_a is None or index_a.is_cpu)
                 and (t_b is None or t_b.is_cpu and not t_b.requires_grad)):
             # the same float32 operations in numpy: bit-identical and ~4x cheaper on the host
-            tn, ln = t.numpy(), lam.numpy().astype(np.float32)[:, None]
+            tn, ln = t.numpy(), (lam if host_lam else lam.numpy()).astype(np.float32)[:, None]
             tbn = tn[index_b.numpy()] if t_b is None else t_b.numpy()
             tan = tn if index_a is None else tn[index_a.numpy()]
             return torch.from_numpy(ln * tan + (np.float32(1) - ln) * tbn)
-        lam = to_device(lam, t.device, torch.float32)[:, None]
+        lam = to_device(torch.from_numpy(lam) if host_lam else lam, t.device, torch.float32)[:, None]
         tb = t.index_select(0, to_device(index_b, t.device)) if t_b is None else t_b
         ta = t if index_a is None else t.index_select(0, to_device(index_a, t.device))
         return lam * ta + (1 - lam) * tb
@@ -298,7 +329,7 @@ class MixPolicy(torch.nn.Module):
         """Masks follow the images: seg_a where the anchor's weight is 1, seg_b where it is 0;
         soft weights give float masks (weight-averaged)."""
         w = out["weight_a"]
-        a = seg4[to_device(out["index_a"], seg4.device)]
+        a = seg4[to_device(torch.as_tensor(out["index_a"]), seg4.device)]
         ib = to_device(out["index_b"], seg4.device)
         b = out.get("seg_b")
         if b is None:
@@ -310,6 +341,7 @@ class MixPolicy(torch.nn.Module):
         return mixed[:, 0] if seg.dim() == 3 else mixed
 
 
+_APPLIED = {"applied": True}  # (read-only: the first part of every applied call's `last`)
 _rng_cache = threading.local()
 
 

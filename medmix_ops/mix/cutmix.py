@@ -90,12 +90,11 @@ class CutMix(MixPolicy):
                 lam0 = float(lam_t.numpy()[0])
             cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
             yl, yh, xl, xh = box = box_around(cy, cx, lam0, H, W)
-            if self.correct_lam or lam_t is None:
-                lam_t = torch.from_numpy(np.full(B, 1.0 - (yh - yl) * (xh - xl) / (H * W)
-                                                 if self.correct_lam else lam0))
+            if self.correct_lam or lam_t is None:  # (numpy: `last` makes it a tensor when read)
+                lam_t = np.full(B, 1.0 - (yh - yl) * (xh - xl) / (H * W) if self.correct_lam else lam0)
             rows = np.empty((B, 4), dtype=np.int64)
             rows[:] = box  # (torch.tensor(...).expand costs ~4x more)
-            return dict(perm=perm, lam=lam_t, boxes=torch.from_numpy(rows), one_box=True, _box=box)
+            return dict(perm=perm, lam=lam_t, boxes=rows, one_box=True, _box=box)
         lam_t = self.sample_lam(B, rng, lam)
         # boxes on the host in numpy: tensor ops here cost more than the paste
         if box is not None:
@@ -108,21 +107,21 @@ class CutMix(MixPolicy):
         boxes = np.broadcast_to(boxes, (B, 4))
         if self.correct_lam or box is not None:
             area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
-            lam_t = torch.from_numpy(1.0 - area / (H * W))
-        return dict(perm=perm, lam=lam_t, boxes=torch.from_numpy(boxes.copy()), one_box=one_box)
+            lam_t = 1.0 - area / (H * W)
+        return dict(perm=perm, lam=lam_t, boxes=boxes.copy(), one_box=one_box)
 
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
         perm = p["perm"]
-        lam = self.host_float32(p["lam"])
+        lam = np.asarray(p["lam"]).astype(np.float32)  # float64 on the host, array or tensor
         boxes = p["boxes"]
         # (_box: the one box as a list, internal, not kept in `last`)
-        box = (p.pop("_box", None) or boxes.numpy()[0].tolist()) if p["one_box"] else None
+        box = (p.pop("_box", None) or boxes[0].tolist()) if p["one_box"] else None
         w = anchor_weight(boxes, B, H, W, x.device, box)
         # the fused blend selects at weights 0 / 1: an exact paste in one pass, partners
         # gathered in the kernel
         out = blend_trusted(x, x, w, 0.0, perm, self.backend)
-        return dict(x=out, y=self.mix_targets(targets, None, perm, lam), index_a=torch.from_numpy(np.arange(B)),
+        return dict(x=out, y=self.mix_targets(targets, None, perm, lam), index_a=np.arange(B),
                     index_b=perm, weight_a=w, lam=lam, hard=True)
 
 

@@ -33,4 +33,4 @@ class Mixup(MixPolicy):
         # partners are gathered inside the kernel (b_index): no copy of x[perm]
         out = blend_trusted(x, x, w, 0.0, perm, self.backend)
         return dict(x=out, y=self.mix_targets(targets, None, perm, lam),
-                    index_a=torch.from_numpy(np.arange(B)), index_b=perm, weight_a=w, lam=lam, hard=False)
+                    index_a=np.arange(B), index_b=perm, weight_a=w, lam=lam, hard=False)
