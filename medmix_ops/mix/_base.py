@@ -227,24 +227,25 @@ class MixPolicy(torch.nn.Module):
             out[i] = rng.choice(B, p=w / w.sum())
         return torch.from_numpy(out)
 
-    def sample_lam(self, B: int, rng: np.random.Generator, lam=None) -> torch.Tensor:
-        """lam per output row [B] (float64 on the host), Beta(alpha, alpha) per batch or per
-        sample; an explicit lam (float or [B]) overrides."""
+    def sample_lam(self, B: int, rng: np.random.Generator, lam=None) -> np.ndarray:
+        """lam per output row, a float64 [B] numpy array (host draws stay numpy until `last`
+        is read), Beta(alpha, alpha) per batch or per sample; an explicit lam (float, sequence
+        or tensor, [B] or one value) overrides."""
         if lam is not None:
-            t = torch.as_tensor(lam, dtype=torch.float64).reshape(-1)
-            if t.numel() == 1:
-                t = t.expand(B)
-            if t.numel() != B or bool(((t < 0) | (t > 1)).any()):
+            t = torch.as_tensor(lam, dtype=torch.float64).reshape(-1).cpu().numpy()
+            if t.size == 1:
+                t = np.broadcast_to(t, (B,))
+            if t.size != B or bool(((t < 0) | (t > 1)).any()):
                 raise ValueError(f"lam must be a float or [B] = [{B}] in [0, 1], got {lam!r}")
-            return t.clone()
+            return t.copy()
         if self.mode == "elem":
-            return torch.from_numpy(rng.beta(self.alpha, self.alpha, size=B))
-        return torch.from_numpy(np.full(B, rng.beta(self.alpha, self.alpha)))
+            return rng.beta(self.alpha, self.alpha, size=B)
+        return np.full(B, rng.beta(self.alpha, self.alpha))
 
     @staticmethod
-    def host_float32(lam: torch.Tensor) -> torch.Tensor:
-        """A host lam (float64, from sample_lam) as float32 through numpy: no dispatcher op."""
-        return torch.from_numpy(lam.numpy().astype(np.float32))
+    def host_float32(lam: np.ndarray) -> torch.Tensor:
+        """A host lam (float64, from sample_lam) as a float32 tensor, through numpy."""
+        return torch.from_numpy(np.asarray(lam, dtype=np.float32))
 
     @staticmethod
     def mix_targets(t: torch.Tensor, index_a, index_b, lam,

@@ -87,7 +87,7 @@ class CutMix(MixPolicy):
                 lam_t, lam0 = None, float(rng.beta(self.alpha, self.alpha))
             else:
                 lam_t = self.sample_lam(B, rng, lam)
-                lam0 = float(lam_t.numpy()[0])
+                lam0 = float(lam_t[0])
             cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
             yl, yh, xl, xh = box = box_around(cy, cx, lam0, H, W)
             if self.correct_lam or lam_t is None:  # (numpy: `last` makes it a tensor when read)
@@ -102,7 +102,7 @@ class CutMix(MixPolicy):
             one_box = bool((boxes == boxes[0]).all())
         else:  # mode "elem"
             cy, cx = rng.integers(0, H, size=B), rng.integers(0, W, size=B)
-            boxes = boxes_around(cy, cx, lam_t.numpy(), H, W)
+            boxes = boxes_around(cy, cx, lam_t, H, W)
             one_box = False
         boxes = np.broadcast_to(boxes, (B, 4))
         if self.correct_lam or box is not None:
@@ -113,7 +113,7 @@ class CutMix(MixPolicy):
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
         perm = p["perm"]
-        lam = np.asarray(p["lam"]).astype(np.float32)  # float64 on the host, array or tensor
+        lam = p["lam"].astype(np.float32)  # float64 on the host
         boxes = p["boxes"]
         # (_box: the one box as a list, internal, not kept in `last`)
         box = (p.pop("_box", None) or boxes[0].tolist()) if p["one_box"] else None

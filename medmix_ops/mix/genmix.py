@@ -122,7 +122,7 @@ class GenMix(MixPolicy):
                 seg_b = F.interpolate(seg_b.float(), size=(H, W), mode="nearest")
         # into x's space: a plain cast would turn [0, 1] floats into uint8 0s and 1s
         x_syn = self.space.from_unit(x_syn, x)
-        lam = p["lam"].float()
+        lam = self.host_float32(p["lam"])
         w = to_device(lam, x.device).view(B, 1, 1, 1).expand(B, 1, H, W)
         mixed, _ = gaussian_blend(x, x_syn, w, 0.0, backend=self.backend, validate=False)
         t_syn = self.targets_of(syn, x.device)

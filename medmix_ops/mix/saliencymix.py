@@ -55,7 +55,7 @@ class SaliencyMix(MixPolicy):
         s = saliency(x, self.method, backend=self.backend).index_select(0, perm)
         peak = s.flatten(1).argmax(dim=1)
         cy, cx = peak // W, peak % W
-        ratio = to_device(torch.sqrt(1.0 - p["lam"]), dev)
+        ratio = to_device(torch.from_numpy(np.sqrt(1.0 - p["lam"])), dev)
         cut_h, cut_w = (H * ratio).long(), (W * ratio).long()
         boxes = torch.stack([(cy - cut_h // 2).clamp(0, H), (cy + cut_h // 2).clamp(0, H),
                              (cx - cut_w // 2).clamp(0, W), (cx + cut_w // 2).clamp(0, W)], dim=1)
@@ -75,7 +75,7 @@ class SaliencyMix(MixPolicy):
         dev = x.device
         s = saliency(x.index_select(0, perm[:1]), self.method, backend=self.backend)
         peak = int(s.flatten().argmax())
-        lam_host = p["lam"].numpy()
+        lam_host = p["lam"]
         boxes = boxes_around(np.full(B, peak // W), np.full(B, peak % W), lam_host, H, W)
         area = (boxes[:, 1] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 2])
         lam = torch.from_numpy((np.float32(1) - area.astype(np.float32) / np.float32(H * W)))

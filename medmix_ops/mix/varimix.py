@@ -48,7 +48,7 @@ class VariMix(MixPolicy):
                              f"got {getattr(x_hat, 'shape', type(x_hat).__name__)}")
         # both directions land in one [2B] tensor: no torch.cat copy of the output batch
         mixed, lam2, k = adm_mix(x, to_device(x_hat, x.device, x.dtype), perm_dev,
-                                 p["lam"].float(), return_mask=True, stacked=True,
+                                 self.host_float32(p["lam"]), return_mask=True, stacked=True,
                                  backend=self.backend, validate=False)
         area = 1.0 - lam2
         a = torch.arange(B)
