@@ -248,6 +248,37 @@ def test_binary_masks_copy_pixels_in_every_dtype(device_backend, dtype):
         assert torch.equal(out, torch.where(m == 1, a, b))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.float64])
+def test_shared_box_masks_copy_the_image_they_take(device_backend, dtype):
+    """A 0 / 1 mask shared by the batch made of boxes (CutMix's, SaliencyMix's): the CPU kernel
+    copies stretches of at least 64 pixels from the one image they take and selects per pixel
+    in shorter ones. Stretches crossing rows and the 16384-pixel chunk boundary, a box exactly
+    64 wide and one 63 wide, a -0.0 inside a box: every pixel must come from the right image
+    bit for bit, the other image's NaN never leaking in, and lam must be the kept area."""
+    device, backend = device_backend
+    g = torch.Generator().manual_seed(13)
+    B, C, H, W = 3, 2, 129, 130  # two chunks; row 126 holds the boundary (pixel 16384)
+    a, b = (torch.rand(B, C, H, W, generator=g) * 255).to(dtype), (torch.rand(B, C, H, W, generator=g) * 255).to(dtype)
+    mdt = torch.float64 if dtype == torch.float64 else torch.float32
+    mask = torch.ones(1, 1, H, W, dtype=mdt)
+    mask[..., 20:110, 5:69] = 0     # 64 wide: copied from b; the 66 between rows from a
+    mask[..., 115:121, 10:73] = 0   # 63 wide: selected
+    mask[..., 124:129, 60:125] = 0  # across the chunk boundary
+    mask[..., 50, 30] = -0.0
+    mask[..., 0, 0:3] = 0           # a short stretch at the very start
+    m = mask.expand(B, 1, H, W)
+    if dtype != torch.uint8:  # the image not taken holds NaN: a copy of the wrong one shows
+        a = torch.where(m == 0, torch.full_like(a, float("nan")), a)
+        b = torch.where(m == 1, torch.full_like(b, float("nan")), b)
+    a, b, m = a.to(device), b.to(device), m.to(device)
+    perm = torch.tensor([1, 2, 0], device=device)
+    out, lam = gaussian_blend(a, b, m, 0.0, b_index=perm, backend=backend)
+    want = torch.where(m != 0, a, b[perm])
+    assert torch.equal(out, want)
+    kept = (mask != 0).double().mean().item()
+    assert torch.allclose(lam.double().cpu(), torch.full((B,), kept, dtype=torch.float64), atol=1e-7)
+
+
 def test_sigma_forms_agree(device_backend):
     device, backend = device_backend
     a, b, mask = make_inputs((3, 2, 12, 9), torch.float32, device)

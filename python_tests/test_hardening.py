@@ -280,8 +280,9 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
         pytest.skip("built without GCC target_clones (another compiler)")
     blend = [n for n in clones if "blend_run<float, float>" in n]
     assert blend and vector_ops[blend[0]] >= 4, f"the float blend loop's AVX2 clone is scalar: {blend}"
-    # the hard-mask path: the 0 / 1 check of a mask chunk and the per-pixel select
-    for loop in ("select_run<float, float>", "all_binary<float>"):
+    # the hard-mask path: the 0 / 1 check of a mask chunk, the per-pixel select and the
+    # shared box's runs (copies there become memcpy calls; its select must be vector code)
+    for loop in ("select_run<float, float>", "all_binary<float>", "copy_runs<float, float>"):
         found = [n for n in clones if loop in n]
         assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {loop} is scalar: {found}"
     fma = [line for line in dis.splitlines() if re.search(r"\svfn?m(add|sub)\w*\s", line)]

@@ -140,6 +140,63 @@ MEDMIX_CPU_CLONES bool all_binary(const acc_t* __restrict__ m, int64_t n) {
   return true;
 }
 
+// ---- a binary mask shared by the batch, as runs ----
+// CutMix's and SaliencyMix's one box per batch: the pixels outside the box rows take the
+// anchor and the box's inside the partner, in long stretches. A stretch of at least kMinCopy
+// pixels under one weight is copied from the one image it takes; a per-pixel select reads both
+// images (half of its loads wasted there). Shorter stretches (a box's left and right edges on
+// a small image) stay in select runs: a copy per short run costs more than it saves. The runs
+// are worked out once per batch, so per-sample masks (whose runs would cost a pass per sample)
+// keep the select.
+struct Run {
+  int64_t start, len;
+  int kind;  // kCopyB, kCopyA or kSelect
+};
+constexpr int kCopyB = 0, kCopyA = 1, kSelect = 2;
+constexpr int64_t kMinCopy = 64;
+
+// The runs of a chunk m[0, n) that only holds 0 and 1.
+template <typename acc_t>
+std::vector<Run> binary_runs(const acc_t* m, int64_t n) {
+  std::vector<Run> runs;
+  auto add = [&](int64_t start, int64_t len, int kind) {
+    if (!runs.empty() && runs.back().kind == kind) {
+      runs.back().len += len;
+    } else {
+      runs.push_back(Run{start, len, kind});
+    }
+  };
+  for (int64_t s = 0; s < n;) {
+    const bool one = m[s] != acc_t(0);
+    int64_t e = s + 1;
+    while (e < n && (m[e] != acc_t(0)) == one) ++e;
+    add(s, e - s, e - s >= kMinCopy ? (one ? kCopyA : kCopyB) : kSelect);
+    s = e;
+  }
+  return runs;
+}
+
+// One channel plane of a binary chunk, run by run: the same bits as select_run over it. (One
+// AVX2 clone for the plane, so the select loop inlines instead of an ifunc call per run; GCC
+// makes each copy loop a memcpy call, cheap at kMinCopy pixels and up.)
+template <typename scalar_t, typename acc_t>
+MEDMIX_CPU_CLONES void copy_runs(const Run* runs, int64_t count, const acc_t* __restrict__ m,
+                                 const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                                 scalar_t* __restrict__ o) {
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t s = runs[i].start, e = s + runs[i].len;
+    if (runs[i].kind == kSelect) {
+      for (int64_t k = s; k < e; ++k) {
+        const scalar_t va = a[k], vb = b[k];
+        o[k] = m[k] != acc_t(0) ? va : vb;
+      }
+    } else {
+      const scalar_t* __restrict__ src = runs[i].kind == kCopyA ? a : b;
+      for (int64_t k = s; k < e; ++k) o[k] = src[k];
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 MEDMIX_CPU_CLONES void blend_run_const(acc_t alpha, const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                      scalar_t* __restrict__ o, int64_t n) {
@@ -170,13 +227,16 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
   // (the double-precision sum was a fifth of the blend's time on a 64 x 64 batch).
   std::vector<double> shared_part;
   std::vector<char> shared_binary;
+  std::vector<std::vector<Run>> shared_runs;
   if (!constant && sm.n == 0) {
     shared_part.resize(T);
     shared_binary.resize(T);
+    shared_runs.resize(T);
     for (int64_t t = 0; t < T; ++t) {
       const int64_t k0 = t * kPlaneChunk, n = std::min(kPlaneChunk, HW - k0);
       shared_part[t] = row_sum(pm + k0, n);
       shared_binary[t] = all_binary(pm + k0, n);
+      if (shared_binary[t]) shared_runs[t] = binary_runs(pm + k0, n);
     }
   }
   const int64_t grain = std::max<int64_t>(1, 65536 / std::min(HW, kPlaneChunk) / (C + 1));
@@ -194,20 +254,24 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
         for (int64_t c = 0; c < C; ++c) blend_run_const(m, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
       } else {
         const acc_t* rm = pm + bi * sm.n + k0;
-        bool binary;
-        if (shared_part.empty()) {
-          part[task] = row_sum(rm, n);
-          binary = all_binary(rm, n);  // the chunk was just read: a pass over cache
-        } else {
-          part[task] = shared_part[task % T];
-          binary = shared_binary[task % T];
-        }
         if (palpha) std::copy(rm, rm + n, palpha + bi * HW + k0);
-        if (binary) {
-          for (int64_t c = 0; c < C; ++c) select_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+        if (!shared_part.empty()) {
+          part[task] = shared_part[task % T];
+          if (shared_binary[task % T]) {
+            const std::vector<Run>& runs = shared_runs[task % T];
+            for (int64_t c = 0; c < C; ++c)
+              copy_runs(runs.data(), static_cast<int64_t>(runs.size()), rm, ra + c * sa.c,
+                        rb + c * sb.c, ro + c * so.c);
+            continue;
+          }
         } else {
-          for (int64_t c = 0; c < C; ++c) blend_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+          part[task] = row_sum(rm, n);
+          if (all_binary(rm, n)) {  // the chunk was just read: a pass over cache
+            for (int64_t c = 0; c < C; ++c) select_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+            continue;
+          }
         }
+        for (int64_t c = 0; c < C; ++c) blend_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
       }
     }
   });
