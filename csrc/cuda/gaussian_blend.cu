@@ -93,9 +93,14 @@ __global__ void __launch_bounds__(kTileW)
         const int64_t bj = b_rows ? min(max(b_rows[bi], int64_t(0)), Bb - 1) : bi;
         const scalar_t* pb = b + bj * sb.n + h * sb.h + w * sb.w;
         scalar_t* po = out + bi * so.n + h * so.h + w * so.w;
+        // Under a weight of exactly 0 or 1 only the image taken is read (blend_pixel selects
+        // there and never looks at the other): a warp inside or outside a box (CutMix,
+        // SaliencyMix) issues half the loads.
+        const bool need_a = alpha != acc_t(0), need_b = alpha != acc_t(1);
         for (int64_t c = 0; c < C; ++c) {
-          po[c * so.c] = store_as<scalar_t>(
-              blend_pixel<acc_t>(alpha, load_as<acc_t>(pa[c * sa.c]), load_as<acc_t>(pb[c * sb.c])));
+          const acc_t va = need_a ? load_as<acc_t>(pa[c * sa.c]) : acc_t(0);
+          const acc_t vb = need_b ? load_as<acc_t>(pb[c * sb.c]) : acc_t(0);
+          po[c * so.c] = store_as<scalar_t>(blend_pixel<acc_t>(alpha, va, vb));
         }
         if (alpha_out != nullptr) alpha_out[(bi * H + h) * W + w] = alpha;
       });
