@@ -1,5 +1,6 @@
 # The two commands: `make demo` (main job on the embedded data) and `make test`.
-# Both create .venv on first use (deps from requirements-dev.txt), install the package in it,
+# Both create .venv on first use (deps from requirements-dev.txt at the exact versions of
+# constraints-dev.txt), install the package in it,
 # build the C++/CUDA extension in place (incremental: ninja keeps build/), and reuse all of it.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -17,7 +18,7 @@ export TRITON_INTERPRET ?= 1
 endif
 PYTEST_ARGS ?=
 
-.PHONY: help venv build demo test test-fast cmake bench clean distclean
+.PHONY: help venv build demo test test-fast cmake bench clean distclean lock
 
 help:
 	@echo "make demo    - blend generated images with every backend: table + demo_out/preview.png"
@@ -25,11 +26,12 @@ help:
 	@echo "make bench   - pytest-benchmark suite (benchmarks/)"
 	@echo "make cmake   - build csrc/ with CMake against libtorch (compile_commands.json)"
 	@echo "make clean   - remove build products (keeps .venv)"
+	@echo "make lock    - rewrite constraints-dev.txt from .venv (after changing requirements-dev.txt)"
 
-$(DEPS_STAMP): requirements-dev.txt
+$(DEPS_STAMP): requirements-dev.txt constraints-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -r requirements-dev.txt
+	$(PY) -m pip install -r requirements-dev.txt -c constraints-dev.txt
 	@touch $@
 
 $(PKG_STAMP): $(DEPS_STAMP) pyproject.toml setup.py
@@ -76,3 +78,10 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# The exact versions of .venv, for fresh clones (unpinned dependencies once changed a test's
+# result between two clones a day apart).
+lock: $(DEPS_STAMP)
+	@{ head -n 3 constraints-dev.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i '^medmix'; } > constraints-dev.txt.new
+	@mv constraints-dev.txt.new constraints-dev.txt
+	@echo "constraints-dev.txt: $$(grep -vc '^#' constraints-dev.txt) pinned packages"
