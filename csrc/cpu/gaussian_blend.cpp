@@ -141,39 +141,54 @@ MEDMIX_CPU_CLONES bool all_binary(const acc_t* __restrict__ m, int64_t n) {
 }
 
 // ---- a binary mask shared by the batch, as runs ----
-// CutMix's and SaliencyMix's one box per batch: the pixels outside the box rows take the
-// anchor and the box's inside the partner, in long stretches. A stretch of at least kMinCopy
-// pixels under one weight is copied from the one image it takes; a per-pixel select reads both
-// images (half of its loads wasted there). Shorter stretches (a box's left and right edges on
-// a small image) stay in select runs: a copy per short run costs more than it saves. The runs
-// are worked out once per batch, so per-sample masks (whose runs would cost a pass per sample)
-// keep the select.
+// CutMix's and SaliencyMix's boxes: the pixels outside the box rows take the anchor and the
+// box's inside the partner, in long stretches. A stretch of at least kMinCopy pixels under one
+// weight is copied from the one image it takes; a per-pixel select reads both images (half of
+// its loads wasted there). Shorter stretches (a box's left and right edges on a small image)
+// merge into select runs: a copy per short run costs more than it saves. Only a mask shared
+// by the batch takes this path: its runs are found once per batch.
 struct Run {
   int64_t start, len;
   int kind;  // kCopyB, kCopyA or kSelect
 };
 constexpr int kCopyB = 0, kCopyA = 1, kSelect = 2;
 constexpr int64_t kMinCopy = 64;
+// A chunk with more stretches than n / kMaxStretchRatio (on average shorter than that) is left
+// to the plain select: finding them is a scalar step per stretch, and a noisy mask (SPMix-like
+// patches, thresholded maps) would pay it with nothing to copy.
+constexpr int64_t kMaxStretchRatio = 32;
+constexpr int64_t kSkipBlock = 64;
 
-// The runs of a chunk m[0, n) that only holds 0 and 1.
+// The runs of a chunk m[0, n) that only holds 0 and 1, into `runs`; false (runs unusable) when
+// the chunk has too many stretches. The scan skips kSkipBlock pixels at a time while the weight
+// stays (a vectorised test), so a box costs a few steps per row.
 template <typename acc_t>
-std::vector<Run> binary_runs(const acc_t* m, int64_t n) {
-  std::vector<Run> runs;
-  auto add = [&](int64_t start, int64_t len, int kind) {
-    if (!runs.empty() && runs.back().kind == kind) {
-      runs.back().len += len;
-    } else {
-      runs.push_back(Run{start, len, kind});
-    }
-  };
+MEDMIX_CPU_CLONES bool binary_runs(const acc_t* __restrict__ m, int64_t n, std::vector<Run>& runs) {
+  runs.clear();
+  const int64_t max_stretches = std::max<int64_t>(4, n / kMaxStretchRatio);
+  int64_t stretches = 0;
   for (int64_t s = 0; s < n;) {
     const bool one = m[s] != acc_t(0);
+    const acc_t w = one ? acc_t(1) : acc_t(0);  // the stretch's weight (-0.0 == 0 compares equal)
     int64_t e = s + 1;
-    while (e < n && (m[e] != acc_t(0)) == one) ++e;
-    add(s, e - s, e - s >= kMinCopy ? (one ? kCopyA : kCopyB) : kSelect);
+    while (e < n) {  // whole blocks of the same weight, then pixel by pixel to the change
+      const int64_t e1 = std::min(n, e + kSkipBlock);
+      int32_t differs = 0;  // (an int and a runtime trip count: GCC vectorises this loop)
+      for (int64_t k = e; k < e1; ++k) differs |= m[k] != w;
+      if (differs) break;
+      e = e1;
+    }
+    while (e < n && m[e] == w) ++e;
+    if (++stretches > max_stretches) return false;
+    const int kind = e - s >= kMinCopy ? (one ? kCopyA : kCopyB) : kSelect;
+    if (!runs.empty() && runs.back().kind == kind) {
+      runs.back().len += e - s;
+    } else {
+      runs.push_back(Run{s, e - s, kind});
+    }
     s = e;
   }
-  return runs;
+  return true;
 }
 
 // One channel plane of a binary chunk, run by run: the same bits as select_run over it. (One
@@ -226,17 +241,19 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
   // chunk sums are the same for every sample, so they are summed once here instead of B times
   // (the double-precision sum was a fifth of the blend's time on a 64 x 64 batch).
   std::vector<double> shared_part;
-  std::vector<char> shared_binary;
+  enum ChunkPath : char { kBlendChunk, kSelectChunk, kRunsChunk };
+  std::vector<ChunkPath> shared_path;
   std::vector<std::vector<Run>> shared_runs;
   if (!constant && sm.n == 0) {
     shared_part.resize(T);
-    shared_binary.resize(T);
+    shared_path.resize(T);
     shared_runs.resize(T);
     for (int64_t t = 0; t < T; ++t) {
       const int64_t k0 = t * kPlaneChunk, n = std::min(kPlaneChunk, HW - k0);
       shared_part[t] = row_sum(pm + k0, n);
-      shared_binary[t] = all_binary(pm + k0, n);
-      if (shared_binary[t]) shared_runs[t] = binary_runs(pm + k0, n);
+      shared_path[t] = !all_binary(pm + k0, n)                 ? kBlendChunk
+                       : binary_runs(pm + k0, n, shared_runs[t]) ? kRunsChunk
+                                                                 : kSelectChunk;
     }
   }
   const int64_t grain = std::max<int64_t>(1, 65536 / std::min(HW, kPlaneChunk) / (C + 1));
@@ -257,15 +274,21 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
         if (palpha) std::copy(rm, rm + n, palpha + bi * HW + k0);
         if (!shared_part.empty()) {
           part[task] = shared_part[task % T];
-          if (shared_binary[task % T]) {
-            const std::vector<Run>& runs = shared_runs[task % T];
+          if (shared_path[task % T] == kRunsChunk) {
+            const std::vector<Run>& rs = shared_runs[task % T];
             for (int64_t c = 0; c < C; ++c)
-              copy_runs(runs.data(), static_cast<int64_t>(runs.size()), rm, ra + c * sa.c,
-                        rb + c * sb.c, ro + c * so.c);
+              copy_runs(rs.data(), static_cast<int64_t>(rs.size()), rm, ra + c * sa.c, rb + c * sb.c,
+                        ro + c * so.c);
+            continue;
+          }
+          if (shared_path[task % T] == kSelectChunk) {
+            for (int64_t c = 0; c < C; ++c) select_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
             continue;
           }
         } else {
           part[task] = row_sum(rm, n);
+          // (no runs for a per-sample mask: finding them, a pass per sample, cost more than
+          // the copies saved in every measurement, 224 x 224 boxes included)
           if (all_binary(rm, n)) {  // the chunk was just read: a pass over cache
             for (int64_t c = 0; c < C; ++c) select_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
             continue;
