@@ -248,7 +248,7 @@ def test_binary_masks_copy_pixels_in_every_dtype(device_backend, dtype):
         assert torch.equal(out, torch.where(m == 1, a, b))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.float64, torch.bfloat16])
 def test_shared_box_masks_copy_the_image_they_take(device_backend, dtype):
     """A 0 / 1 mask shared by the batch made of boxes (CutMix's, SaliencyMix's): the CPU kernel
     copies stretches of at least 64 pixels from the one image they take and selects per pixel
@@ -256,6 +256,10 @@ def test_shared_box_masks_copy_the_image_they_take(device_backend, dtype):
     64 wide and one 63 wide, a -0.0 inside a box: every pixel must come from the right image
     bit for bit, the other image's NaN never leaking in, and lam must be the kept area."""
     device, backend = device_backend
+    if backend == "triton" and device == "cpu" and dtype != torch.float32:
+        # (interpreted: 5 s a case; Triton has no runs path, and the every-dtype select test
+        # above covers its dtypes)
+        pytest.skip("the interpreted Triton kernel runs this check in float32 only")
     g = torch.Generator().manual_seed(13)
     B, C, H, W = 3, 2, 129, 130  # two chunks; row 126 holds the boundary (pixel 16384)
     a, b = (torch.rand(B, C, H, W, generator=g) * 255).to(dtype), (torch.rand(B, C, H, W, generator=g) * 255).to(dtype)
