@@ -285,5 +285,12 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
     for loop in ("select_run<float, float>", "all_binary<float>", "copy_runs<float, float>"):
         found = [n for n in clones if loop in n]
         assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {loop} is scalar: {found}"
+    # fine_grained_saliency's spans: each edge case (clamped or following x) must vectorise
+    # (int64 columns kept the clamped ones scalar: AVX2 has no int64 -> double conversion)
+    for lo in ("true", "false"):
+        for hi in ("true", "false"):
+            span = f"fine_grained_span<{lo}, {hi}>"
+            found = [n for n in clones if span in n]
+            assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {span} is scalar: {found}"
     fma = [line for line in dis.splitlines() if re.search(r"\svfn?m(add|sub)\w*\s", line)]
     assert not fma, f"FMA instructions in the extension (clones would differ from baseline): {fma[:3]}"

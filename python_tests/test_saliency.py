@@ -359,6 +359,16 @@ def test_opcheck(kernel_backend):
     torch.library.opcheck(ns.fine_grained_saliency.default, (grey, ref.integral_image(grey[:, 0]), [2, 4]))
 
 
+def test_fine_grained_op_rejects_negative_scales():
+    """The CPU kernel reads box corners x - n + 1 unclamped (its spans are vectorised), which
+    only stays inside the integral image for n >= 0: the raw op refuses other scales rather
+    than read out of bounds (the public saliency() only passes OpenCV's positive scales)."""
+    ns = torch.ops.medmix
+    grey = torch.rand(1, 1, 9, 11)
+    with pytest.raises(RuntimeError, match="scales must be in"):
+        ns.fine_grained_saliency(grey, ref.integral_image(grey[:, 0]), [4, -3])
+
+
 @pytest.mark.parametrize("method", sal_ops.METHODS)
 def test_torch_compile_fullgraph(device_backend, method):
     device, backend = device_backend

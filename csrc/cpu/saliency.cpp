@@ -17,6 +17,7 @@
 #include "../common/gaussian_taps.h"
 #include "../common/saliency.h"
 #include "../common/saliency_args.h"
+#include "clones.h"
 
 namespace medmix {
 namespace {
@@ -213,6 +214,63 @@ at::Tensor spectral_residual_filter_cpu(const at::Tensor& spec_in) {
   return out;
 }
 
+// ---- fine_grained_saliency: one scale over a span of a row, vectorised ----
+// fine_grained_on_off (csrc/common/saliency.h, the CUDA kernel's) clamps the box per pixel
+// and scale, which keeps the loop scalar: one division and four dependent lookups at a time.
+// Here a row is cut, per scale, into spans where each box edge is either clamped (a constant
+// column, 0 or W) or follows x (a contiguous load), so the loop over x vectorises. The
+// arithmetic is that function's term by term and the scales are added in the same order, so
+// the maps are bit-identical to it.
+
+// Adds scale n's on / off terms of pixels [xa, xb) into on / off. r1, r2: rows y1, y2 of the
+// integral image; dy = y2 - y1; grey, on, off: the row's. kLinearLo: x1 = x - n + 1 (else 0);
+// kLinearHi: x2 = x + n + 1 (else W).
+// (int32 columns: AVX2 converts int32 lanes to double but not int64 ones, which kept the
+// clamped spans, where x2 - x1 varies, scalar; the caller checks that W + n fits.)
+template <bool kLinearLo, bool kLinearHi>
+MEDMIX_CPU_CLONES void fine_grained_span(const double* __restrict__ r1, const double* __restrict__ r2,
+                                         double dy, int32_t n, int32_t W,
+                                         const float* __restrict__ grey, int32_t xa, int32_t xb,
+                                         double* __restrict__ on, double* __restrict__ off) {
+  for (int32_t x = xa; x < xb; ++x) {
+    const int32_t x1 = kLinearLo ? x - n + 1 : 0;
+    const int32_t x2 = kLinearHi ? x + n + 1 : W;
+    const double box = r2[x2] + r1[x1] - r2[x1] - r1[x2];
+    // (x2 - x1) * (y2 - y1) - 1 of small integers: exact in double, as the integer product is
+    const double surround = static_cast<double>(x2 - x1) * dy - 1.0;
+    const double c = static_cast<double>(grey[x]);
+    const double mean = surround > 0 ? (box - c) / surround : c;
+    on[x] += c > mean ? c - mean : 0.0;
+    off[x] += mean > c ? mean - c : 0.0;
+  }
+}
+
+// on / off of row y of one sample (S: its integral image [H + 1, W + 1]).
+void fine_grained_row(const double* S, int64_t H, int64_t W, int64_t y, const float* grey,
+                      const std::vector<int64_t>& scales, double* on, double* off) {
+  std::fill(on, on + W, 0.0);
+  std::fill(off, off + W, 0.0);
+  const int64_t W1 = W + 1;
+  for (const int64_t n : scales) {
+    const int64_t y1 = std::min(std::max<int64_t>(y - n + 1, 0), H);
+    const int64_t y2 = std::min(y + n + 1, H);
+    const double* r1 = S + y1 * W1;
+    const double* r2 = S + y2 * W1;
+    const double dy = static_cast<double>(y2 - y1);
+    // x1 follows x from p = n - 1 on, x2 up to q = W - n (exclusive); clamped elsewhere
+    const int64_t p = std::min(std::max<int64_t>(n - 1, 0), W), q = std::min(std::max<int64_t>(W - n, 0), W);
+    const auto lo = static_cast<int32_t>(std::min(p, q)), hi = static_cast<int32_t>(std::max(p, q));
+    const auto n32 = static_cast<int32_t>(n), W32 = static_cast<int32_t>(W);
+    fine_grained_span<false, true>(r1, r2, dy, n32, W32, grey, 0, lo, on, off);
+    if (p <= q) {
+      fine_grained_span<true, true>(r1, r2, dy, n32, W32, grey, lo, hi, on, off);
+    } else {
+      fine_grained_span<false, false>(r1, r2, dy, n32, W32, grey, lo, hi, on, off);
+    }
+    fine_grained_span<true, false>(r1, r2, dy, n32, W32, grey, hi, W32, on, off);
+  }
+}
+
 // Parallel over rows of all samples, not over samples: SaliencyMix's official mode maps one
 // image, which a per-sample split would leave on one thread. Three passes over rows, with the
 // per-sample maxima / extrema reduced in between (max and min are exact in any order, so the
@@ -229,21 +287,24 @@ at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, const at::Tensor
   const double* pS = integral.data_ptr<double>();
   float* po = out.data_ptr<float>();
   const std::vector<int64_t> sc(scales.begin(), scales.end());
-  const int64_t n_scales = static_cast<int64_t>(sc.size());
+  // fine_grained_row's spans index columns in int32, and read x - n + 1 <= x unclamped
+  TORCH_CHECK(W < (int64_t(1) << 30), "medmix::fine_grained_saliency: W must be below 2^30 on the CPU, got ", W);
+  for (const int64_t n : sc) {
+    TORCH_CHECK(n >= 0 && n < (int64_t(1) << 30),
+                "medmix::fine_grained_saliency: scales must be in [0, 2^30), got ", n);
+  }
   std::vector<double> on(B * HW), off(B * HW);
   std::vector<double> row_on_max(B * H), row_off_max(B * H);
   std::vector<float> row_lo(B * H), row_hi(B * H);
   // ~16K box lookups per task: rows of small images are grouped, large ones split finely.
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * n_scales));
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * static_cast<int64_t>(sc.size())));
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t bi = row / H, y = row % H;
       const double* S = pS + bi * (H + 1) * (W + 1);
+      fine_grained_row(S, H, W, y, pg + row * W, sc, &on[row * W], &off[row * W]);
       double on_max = 0, off_max = 0;
-      for (int64_t x = 0; x < W; ++x) {
-        const int64_t k = row * W + x;
-        fine_grained_on_off(S, H, W, y, x, static_cast<double>(pg[k]), sc.data(), n_scales,
-                            &on[k], &off[k]);
+      for (int64_t k = row * W; k < (row + 1) * W; ++k) {
         on_max = std::max(on_max, on[k]);
         off_max = std::max(off_max, off[k]);
       }
