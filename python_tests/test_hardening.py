@@ -292,5 +292,8 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
             span = f"fine_grained_span<{lo}, {hi}>"
             found = [n for n in clones if span in n]
             assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {span} is scalar: {found}"
+    for loop in ("combine_on_off", "normalize_row"):  # and its normalisation passes
+        found = [n for n in clones if loop in n]
+        assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {loop} is scalar: {found}"
     fma = [line for line in dis.splitlines() if re.search(r"\svfn?m(add|sub)\w*\s", line)]
     assert not fma, f"FMA instructions in the extension (clones would differ from baseline): {fma[:3]}"
