@@ -282,7 +282,9 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
     assert blend and vector_ops[blend[0]] >= 4, f"the float blend loop's AVX2 clone is scalar: {blend}"
     # the hard-mask path: the 0 / 1 check of a mask chunk, the per-pixel select and the
     # shared box's runs (copies there become memcpy calls; its select must be vector code)
-    for loop in ("select_run<float, float>", "all_binary<float>", "copy_runs<float, float>"):
+    # (fp16 / bf16 images select and copy as their uint16 bits)
+    for loop in ("select_run<float, float>", "all_binary<float>", "copy_runs<float, float>",
+                 "select_run<unsigned short, float>", "copy_runs<unsigned short, float>"):
         found = [n for n in clones if loop in n]
         assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {loop} is scalar: {found}"
     # fine_grained_saliency's spans: each edge case (clamped or following x) must vectorise

@@ -112,6 +112,30 @@ MEDMIX_CPU_CLONES void blend_run(const acc_t* __restrict__ alpha, const scalar_t
     o[k] = store_as<scalar_t>(blend_pixel<acc_t>(alpha[k], load_as<acc_t>(a[k]), load_as<acc_t>(b[k])));
 }
 
+// 2-byte floats go through the select and copy loops as their bits: GCC vectorises uint16_t
+// loops, not loops over c10::Half / c10::BFloat16 (classes with conversions), and a select or
+// a copy does no arithmetic.
+template <typename T>
+struct bits_of {
+  using type = T;
+};
+template <>
+struct bits_of<c10::Half> {
+  using type = uint16_t;
+};
+template <>
+struct bits_of<c10::BFloat16> {
+  using type = uint16_t;
+};
+template <typename T>
+const typename bits_of<T>::type* as_bits(const T* p) {
+  return reinterpret_cast<const typename bits_of<T>::type*>(p);
+}
+template <typename T>
+typename bits_of<T>::type* as_bits(T* p) {
+  return reinterpret_cast<typename bits_of<T>::type*>(p);
+}
+
 // A run under a mask that only holds 0 and 1: a select per pixel. blend_pixel gives the same
 // bits there (it selects at exact 0 and 1), without the arithmetic it computes and discards.
 template <typename scalar_t, typename acc_t>
@@ -277,12 +301,12 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
           if (shared_path[task % T] == kRunsChunk) {
             const std::vector<Run>& rs = shared_runs[task % T];
             for (int64_t c = 0; c < C; ++c)
-              copy_runs(rs.data(), static_cast<int64_t>(rs.size()), rm, ra + c * sa.c, rb + c * sb.c,
-                        ro + c * so.c);
+              copy_runs(rs.data(), static_cast<int64_t>(rs.size()), rm, as_bits(ra + c * sa.c),
+                        as_bits(rb + c * sb.c), as_bits(ro + c * so.c));
             continue;
           }
           if (shared_path[task % T] == kSelectChunk) {
-            for (int64_t c = 0; c < C; ++c) select_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+            for (int64_t c = 0; c < C; ++c) select_run(rm, as_bits(ra + c * sa.c), as_bits(rb + c * sb.c), as_bits(ro + c * so.c), n);
             continue;
           }
         } else {
@@ -290,7 +314,7 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
           // (no runs for a per-sample mask: finding them, a pass per sample, cost more than
           // the copies saved in every measurement, 224 x 224 boxes included)
           if (all_binary(rm, n)) {  // the chunk was just read: a pass over cache
-            for (int64_t c = 0; c < C; ++c) select_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
+            for (int64_t c = 0; c < C; ++c) select_run(rm, as_bits(ra + c * sa.c), as_bits(rb + c * sb.c), as_bits(ro + c * so.c), n);
             continue;
           }
         }
