@@ -136,17 +136,25 @@ typename bits_of<T>::type* as_bits(T* p) {
   return reinterpret_cast<typename bits_of<T>::type*>(p);
 }
 
-// A run under a mask that only holds 0 and 1: a select per pixel. blend_pixel gives the same
-// bits there (it selects at exact 0 and 1), without the arithmetic it computes and discards.
+// Pixels [s, e) under a mask that only holds 0 and 1: a select per pixel. blend_pixel gives
+// the same bits there (it selects at exact 0 and 1), without the arithmetic it computes and
+// discards. Inline, so that it compiles into each caller's AVX2 clone.
 template <typename scalar_t, typename acc_t>
-MEDMIX_CPU_CLONES void select_run(const acc_t* __restrict__ alpha, const scalar_t* __restrict__ a,
-                                  const scalar_t* __restrict__ b, scalar_t* __restrict__ o, int64_t n) {
+inline void select_pixels(const acc_t* __restrict__ alpha, const scalar_t* __restrict__ a,
+                          const scalar_t* __restrict__ b, scalar_t* __restrict__ o, int64_t s,
+                          int64_t e) {
   // both loads unconditional, so that the compiler emits plain vector loads and a blend
   // rather than masked loads
-  for (int64_t k = 0; k < n; ++k) {
+  for (int64_t k = s; k < e; ++k) {
     const scalar_t va = a[k], vb = b[k];
     o[k] = alpha[k] != acc_t(0) ? va : vb;
   }
+}
+
+template <typename scalar_t, typename acc_t>
+MEDMIX_CPU_CLONES void select_run(const acc_t* __restrict__ alpha, const scalar_t* __restrict__ a,
+                                  const scalar_t* __restrict__ b, scalar_t* __restrict__ o, int64_t n) {
+  select_pixels(alpha, a, b, o, 0, n);
 }
 
 // True when every value of m[0, n) is exactly 0 or 1.
@@ -216,8 +224,8 @@ MEDMIX_CPU_CLONES bool binary_runs(const acc_t* __restrict__ m, int64_t n, std::
 }
 
 // One channel plane of a binary chunk, run by run: the same bits as select_run over it. (One
-// AVX2 clone for the plane, so the select loop inlines instead of an ifunc call per run; GCC
-// makes each copy loop a memcpy call, cheap at kMinCopy pixels and up.)
+// AVX2 clone for the plane, so the select inlines instead of an ifunc call per run; GCC makes
+// each copy loop a memcpy call, cheap at kMinCopy pixels and up.)
 template <typename scalar_t, typename acc_t>
 MEDMIX_CPU_CLONES void copy_runs(const Run* runs, int64_t count, const acc_t* __restrict__ m,
                                  const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
@@ -225,10 +233,7 @@ MEDMIX_CPU_CLONES void copy_runs(const Run* runs, int64_t count, const acc_t* __
   for (int64_t i = 0; i < count; ++i) {
     const int64_t s = runs[i].start, e = s + runs[i].len;
     if (runs[i].kind == kSelect) {
-      for (int64_t k = s; k < e; ++k) {
-        const scalar_t va = a[k], vb = b[k];
-        o[k] = m[k] != acc_t(0) ? va : vb;
-      }
+      select_pixels(m, a, b, o, s, e);
     } else {
       const scalar_t* __restrict__ src = runs[i].kind == kCopyA ? a : b;
       for (int64_t k = s; k < e; ++k) o[k] = src[k];
@@ -296,27 +301,27 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
       } else {
         const acc_t* rm = pm + bi * sm.n + k0;
         if (palpha) std::copy(rm, rm + n, palpha + bi * HW + k0);
+        ChunkPath path;
         if (!shared_part.empty()) {
           part[task] = shared_part[task % T];
-          if (shared_path[task % T] == kRunsChunk) {
-            const std::vector<Run>& rs = shared_runs[task % T];
-            for (int64_t c = 0; c < C; ++c)
-              copy_runs(rs.data(), static_cast<int64_t>(rs.size()), rm, as_bits(ra + c * sa.c),
-                        as_bits(rb + c * sb.c), as_bits(ro + c * so.c));
-            continue;
-          }
-          if (shared_path[task % T] == kSelectChunk) {
-            for (int64_t c = 0; c < C; ++c) select_run(rm, as_bits(ra + c * sa.c), as_bits(rb + c * sb.c), as_bits(ro + c * so.c), n);
-            continue;
-          }
+          path = shared_path[task % T];
         } else {
-          part[task] = row_sum(rm, n);
           // (no runs for a per-sample mask: finding them, a pass per sample, cost more than
           // the copies saved in every measurement, 224 x 224 boxes included)
-          if (all_binary(rm, n)) {  // the chunk was just read: a pass over cache
-            for (int64_t c = 0; c < C; ++c) select_run(rm, as_bits(ra + c * sa.c), as_bits(rb + c * sb.c), as_bits(ro + c * so.c), n);
-            continue;
-          }
+          part[task] = row_sum(rm, n);
+          path = all_binary(rm, n) ? kSelectChunk : kBlendChunk;  // the chunk was just read
+        }
+        if (path == kRunsChunk) {
+          const std::vector<Run>& rs = shared_runs[task % T];
+          for (int64_t c = 0; c < C; ++c)
+            copy_runs(rs.data(), static_cast<int64_t>(rs.size()), rm, as_bits(ra + c * sa.c),
+                      as_bits(rb + c * sb.c), as_bits(ro + c * so.c));
+          continue;
+        }
+        if (path == kSelectChunk) {
+          for (int64_t c = 0; c < C; ++c)
+            select_run(rm, as_bits(ra + c * sa.c), as_bits(rb + c * sb.c), as_bits(ro + c * so.c), n);
+          continue;
         }
         for (int64_t c = 0; c < C; ++c) blend_run(rm, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
       }
