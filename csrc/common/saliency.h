@@ -149,6 +149,15 @@ MEDMIX_HOST_DEVICE inline void spectral_residual_at(const float* spec, int64_t h
                           out_im);
 }
 
+// One scale's term: the surround's mean (box: the box sum with the centre, surround: the
+// box's pixel count less the centre) against the centre c, added to on or off.
+MEDMIX_HOST_DEVICE inline void fine_grained_add_term(double box, double surround, double c,
+                                                     double* on, double* off) {
+  const double mean = surround > 0 ? (box - c) / surround : c;
+  *on += c > mean ? c - mean : 0.0;
+  *off += mean > c ? mean - c : 0.0;
+}
+
 // Fine-grained centre-surround contrast at (y, x) summed over scales: S is the float64
 // integral image [H + 1, W + 1]; c the smoothed grey value at (y, x).
 MEDMIX_HOST_DEVICE inline void fine_grained_on_off(const double* S, int64_t H, int64_t W,
@@ -164,10 +173,7 @@ MEDMIX_HOST_DEVICE inline void fine_grained_on_off(const double* S, int64_t H, i
     const int64_t x1 = x - n + 1 < 0 ? 0 : (x - n + 1 > W ? W : x - n + 1);
     const int64_t x2 = x + n + 1 > W ? W : x + n + 1;
     const double box = S[y2 * W1 + x2] + S[y1 * W1 + x1] - S[y2 * W1 + x1] - S[y1 * W1 + x2];
-    const double surround = static_cast<double>((x2 - x1) * (y2 - y1) - 1);
-    const double mean = surround > 0 ? (box - c) / surround : c;
-    on_sum += c > mean ? c - mean : 0.0;
-    off_sum += mean > c ? mean - c : 0.0;
+    fine_grained_add_term(box, static_cast<double>((x2 - x1) * (y2 - y1) - 1), c, &on_sum, &off_sum);
   }
   *on = on_sum;
   *off = off_sum;

@@ -219,9 +219,9 @@ at::Tensor spectral_residual_filter_cpu(const at::Tensor& spec_in) {
 // fine_grained_on_off (csrc/common/saliency.h, the CUDA kernel's) clamps the box per pixel
 // and scale, which keeps the loop scalar: one division and four dependent lookups at a time.
 // Here a row is cut, per scale, into spans where each box edge is either clamped (a constant
-// column, 0 or W) or follows x (a contiguous load), so the loop over x vectorises. The
-// arithmetic is that function's term by term and the scales are added in the same order, so
-// the maps are bit-identical to it.
+// column, 0 or W) or follows x (a contiguous load), so the loop over x vectorises. Each term is
+// that function's (fine_grained_add_term) and the scales are added in the same order, so the
+// maps are bit-identical to it.
 
 // Adds scale n's on / off terms of pixels [xa, xb) into on / off. r1, r2: rows y1, y2 of the
 // integral image; dy = y2 - y1; grey, on, off: the row's. kLinearLo: x1 = x - n + 1 (else 0);
@@ -238,11 +238,8 @@ MEDMIX_CPU_CLONES void fine_grained_span(const double* __restrict__ r1, const do
     const int32_t x2 = kLinearHi ? x + n + 1 : W;
     const double box = r2[x2] + r1[x1] - r2[x1] - r1[x2];
     // (x2 - x1) * (y2 - y1) - 1 of small integers: exact in double, as the integer product is
-    const double surround = static_cast<double>(x2 - x1) * dy - 1.0;
-    const double c = static_cast<double>(grey[x]);
-    const double mean = surround > 0 ? (box - c) / surround : c;
-    on[x] += c > mean ? c - mean : 0.0;
-    off[x] += mean > c ? mean - c : 0.0;
+    fine_grained_add_term(box, static_cast<double>(x2 - x1) * dy - 1.0, static_cast<double>(grey[x]),
+                          &on[x], &off[x]);
   }
 }
 
