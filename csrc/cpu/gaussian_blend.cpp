@@ -31,11 +31,37 @@ void check_radii(const at::Tensor& sigma, int64_t max_radius) {
   }
 }
 
+// The order in which samples are visited when sample i blends with partner b_rows[i]: along
+// the partner chains, i, b_rows[i], b_rows[b_rows[i]], ... (a permutation's cycles; Mixup's
+// flip gives 0, B-1, 1, B-2, ...). In that order the partner that one sample reads is the
+// anchor the next one reads, while it is still in cache, and a thread's contiguous share of
+// the samples reads about its own share of the batch, not the whole batch: at 32 x 3 x 64 x 64
+// the batch no longer fits a core's L2 when each thread reads all of it. No b_rows: in order.
+std::vector<int64_t> partner_chain_order(int64_t B, const int64_t* b_rows) {
+  std::vector<int64_t> order(B);
+  if (!b_rows) {
+    for (int64_t i = 0; i < B; ++i) order[i] = i;
+    return order;
+  }
+  std::vector<char> seen(B, 0);
+  int64_t k = 0;
+  for (int64_t start = 0; start < B; ++start) {
+    // b_rows need not be a permutation (partners drawn with replacement): a chain then stops
+    // at the first sample already visited
+    for (int64_t i = start; !seen[i]; i = b_rows[i]) {
+      seen[i] = 1;
+      order[k++] = i;
+    }
+  }
+  return order;
+}
+
 // Calls consume(b, h, alpha_row) for every row of every sample, in parallel over rows.
 // mask: contiguous [B, 1, H, W] of acc_t; sigma: contiguous float32 [B].
+// Samples are visited in `order` (partner_chain_order).
 template <typename acc_t, typename Consume>
 void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t max_radius,
-                        int64_t C, const Consume& consume) {
+                        int64_t C, const std::vector<int64_t>& order, const Consume& consume) {
   const int64_t B = mask.size(0), H = mask.size(2), W = mask.size(3);
   const acc_t* m = mask.data_ptr<acc_t>();
   const float* s = sigma.data_ptr<float>();  // radii checked by the caller (check_radii)
@@ -46,7 +72,7 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
     int64_t taps_of = -1;
     int r = 0;
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t bi = row / H, h = row % H;
+      const int64_t bi = order[row / H], h = row % H;
       if (bi != taps_of) {
         r = gaussian_radius(s[bi]);
         gaussian_taps<acc_t>(s[bi], r, taps.data());
@@ -98,7 +124,7 @@ MEDMIX_CPU_CLONES double row_sum(const acc_t* __restrict__ a, int64_t n) {
 // no per-row index arithmetic (which dominated small images), and a per-sample constant mask
 // (a broadcast view, strides 0) is never materialised.
 
-constexpr int64_t kPlaneChunk = 16384;  // pixels per task
+constexpr int64_t kPlaneChunk = 16384;  // pixels per task, at most
 
 // A per-sample constant mask: [B, 1, H, W] with zero H and W strides (lam.view(B,1,1,1).expand).
 bool per_sample_constant(const at::Tensor& m) {
@@ -258,7 +284,12 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
   const bool constant = per_sample_constant(mask);
   if (!constant && !is_planar(mask)) return false;
   const int64_t B = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3), HW = H * W;
-  const int64_t T = (HW + kPlaneChunk - 1) / kPlaneChunk;
+  // Chunks of (nearly) equal size, multiples of 64 pixels: the tasks run chunk-major below, so
+  // a short last chunk would leave a thread with less work (at 224 x 224, 16384-pixel chunks
+  // split the plane 3 : 1 + 1/16 between two threads).
+  const int64_t T0 = (HW + kPlaneChunk - 1) / kPlaneChunk;
+  const int64_t chunk = std::min(HW, ((HW + T0 - 1) / T0 + 63) / 64 * 64);
+  const int64_t T = (HW + chunk - 1) / chunk;
   const Strides4 sa = strides_of(a), sb = strides_of(b), so = strides_of(out), sm = strides_of(mask);
   const scalar_t* pa = a.data_ptr<scalar_t>();
   const scalar_t* pb = b.data_ptr<scalar_t>();
@@ -278,24 +309,28 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
     shared_path.resize(T);
     shared_runs.resize(T);
     for (int64_t t = 0; t < T; ++t) {
-      const int64_t k0 = t * kPlaneChunk, n = std::min(kPlaneChunk, HW - k0);
+      const int64_t k0 = t * chunk, n = std::min(chunk, HW - k0);
       shared_part[t] = row_sum(pm + k0, n);
       shared_path[t] = !all_binary(pm + k0, n)                 ? kBlendChunk
                        : binary_runs(pm + k0, n, shared_runs[t]) ? kRunsChunk
                                                                  : kSelectChunk;
     }
   }
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::min(HW, kPlaneChunk) / (C + 1));
+  // Tasks run chunk-major, and within a chunk along the partner chains: a thread's share is a
+  // range of pixels, and the partner chunk one task reads is the anchor chunk of the next.
+  const std::vector<int64_t> order = partner_chain_order(B, b_rows);
+  const int64_t grain = std::max<int64_t>(1, 65536 / chunk / (C + 1));
   at::parallel_for(0, B * T, grain, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bi = task / T, k0 = (task % T) * kPlaneChunk, n = std::min(kPlaneChunk, HW - k0);
+      const int64_t t = task / B, bi = order[task % B];
+      const int64_t k0 = t * chunk, n = std::min(chunk, HW - k0);
       const scalar_t* ra = pa + bi * sa.n + k0;
       const scalar_t* rb = pb + (b_rows ? b_rows[bi] : bi) * sb.n + k0;
       scalar_t* ro = po + bi * so.n + k0;
       if (constant) {
         const acc_t m = pm[bi * sm.n];
         // n copies of a float32 sum exactly in double: the same lam as summing the pixels
-        part[task] = static_cast<double>(m) * static_cast<double>(n);
+        part[bi * T + t] = static_cast<double>(m) * static_cast<double>(n);
         if (palpha) std::fill(palpha + bi * HW + k0, palpha + bi * HW + k0 + n, m);
         for (int64_t c = 0; c < C; ++c) blend_run_const(m, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, n);
       } else {
@@ -303,16 +338,16 @@ bool blend_forward_hard_planar(const at::Tensor& a, const at::Tensor& b, const a
         if (palpha) std::copy(rm, rm + n, palpha + bi * HW + k0);
         ChunkPath path;
         if (!shared_part.empty()) {
-          part[task] = shared_part[task % T];
-          path = shared_path[task % T];
+          part[bi * T + t] = shared_part[t];
+          path = shared_path[t];
         } else {
           // (no runs for a per-sample mask: finding them, a pass per sample, cost more than
           // the copies saved in every measurement, 224 x 224 boxes included)
-          part[task] = row_sum(rm, n);
+          part[bi * T + t] = row_sum(rm, n);
           path = all_binary(rm, n) ? kSelectChunk : kBlendChunk;  // the chunk was just read
         }
         if (path == kRunsChunk) {
-          const std::vector<Run>& rs = shared_runs[task % T];
+          const std::vector<Run>& rs = shared_runs[t];
           for (int64_t c = 0; c < C; ++c)
             copy_runs(rs.data(), static_cast<int64_t>(rs.size()), rm, as_bits(ra + c * sa.c),
                       as_bits(rb + c * sb.c), as_bits(ro + c * so.c));
@@ -351,8 +386,8 @@ void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& m
   std::vector<double> row_sums(B * H);
   const bool rows_dense = sa.w == 1 && sb.w == 1 && so.w == 1;
 
-  for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, [&](int64_t bi, int64_t h,
-                                                            const acc_t* __restrict__ alpha) {
+  for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, partner_chain_order(B, b_rows),
+                            [&](int64_t bi, int64_t h, const acc_t* __restrict__ alpha) {
     row_sums[bi * H + h] = row_sum(alpha, W);
     if (palpha) std::copy(alpha, alpha + W, palpha + (bi * H + h) * W);
     const scalar_t* ra = pa + bi * sa.n + h * sa.h;
@@ -389,8 +424,8 @@ void blend_backward(const at::Tensor& grad_out, const at::Tensor& mask, const at
   const scalar_t* pg = grad_out.data_ptr<scalar_t>();
   scalar_t* pa = grad_a.data_ptr<scalar_t>();
   scalar_t* pb = grad_b.data_ptr<scalar_t>();
-  for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, [&](int64_t bi, int64_t h,
-                                                            const acc_t* alpha) {
+  for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, partner_chain_order(grad_out.size(0), nullptr),
+                            [&](int64_t bi, int64_t h, const acc_t* alpha) {
     for (int64_t c = 0; c < C; ++c) {
       for (int64_t w = 0; w < W; ++w) {
         acc_t ga, gb;
