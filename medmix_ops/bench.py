@@ -3,8 +3,8 @@ measured side by side in one run, with the device's copy bandwidth as the yardst
 
 Per row: median / p20 / p80 time, images/s, achieved GB/s for the bytes the medmix op must read
 and write (the same byte count for every provider of a group, so GB/s compare like for like), %
-of the copy bandwidth measured in the same run, peak extra device memory (CUDA), and for medmix
-rows the speed-up over each baseline of the group. Peers that are not installed are skipped with
+of the copy bandwidth measured in the same run, peak extra device memory (CUDA), minor page
+faults per call (CPU), and for medmix rows the speed-up over each baseline of the group. Peers that are not installed are skipped with
 a note, never faked.
 """
 from __future__ import annotations
@@ -81,12 +81,27 @@ def _time_call(fn: Callable, device: str) -> float:
     return time.perf_counter() - t0
 
 
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (every thread, OpenMP workers included); None
+    where getrusage is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def measure_interleaved(providers: dict, device: str, budget_s: float, max_rounds: int,
-                        warmup: int = 2) -> dict:
+                        warmup: int = 2, faults: dict | None = None) -> dict:
     """Times every provider of a group in rounds, one call each per round in a rotating order,
     so that a slow phase of a shared machine (page-fault storms, a noisy neighbour) hits every
     provider alike and the ratios stay meaningful. Returns {name: [seconds, ...]} and, for a
-    provider that raised, {name: exception}."""
+    provider that raised, {name: exception}.
+
+    faults: a dict that receives {name: minor page faults per timed call} on a CPU. A fresh
+    output that the allocator has handed back to the kernel in between is faulted in again on
+    every call, page by page (glibc returns large freed blocks; a 19 MB image batch is ~4700
+    pages): that, not the kernel, is what makes single CPU calls bimodal."""
     live, out = {}, {}
     for name, fn in providers.items():
         try:
@@ -99,12 +114,19 @@ def measure_interleaved(providers: dict, device: str, budget_s: float, max_round
     if device == "cuda":
         torch.cuda.synchronize()
     names = list(live)
+    count_faults = faults is not None and device == "cpu" and minor_faults() is not None
+    faulted = dict.fromkeys(names, 0)
     start, rounds = time.perf_counter(), 0
     while names and rounds < max_rounds and (time.perf_counter() - start < budget_s * len(names) or rounds < 3):
         k = rounds % len(names)
         for name in names[k:] + names[:k]:
+            f0 = minor_faults() if count_faults else 0  # (outside the timed call)
             out[name].append(_time_call(live[name], device))
+            if count_faults:
+                faulted[name] += minor_faults() - f0
         rounds += 1
+    if count_faults:
+        faults.update({name: faulted[name] / len(out[name]) for name in names})
     return out
 
 
@@ -504,7 +526,8 @@ def run(device: str = "cpu", quick: bool = False, names=GROUPS, e2e: bool = True
     groups = build_groups(device, quick, names)
     for grp in tqdm(groups, desc="medmix bench", disable=not progress):
         rows = []
-        timed = measure_interleaved(grp.providers, device, budget, reps)
+        faults = {}
+        timed = measure_interleaved(grp.providers, device, budget, reps, faults=faults)
         for pname, fn in grp.providers.items():
             times = timed[pname]
             if isinstance(times, Exception):
@@ -515,7 +538,8 @@ def run(device: str = "cpu", quick: bool = False, names=GROUPS, e2e: bool = True
             rows.append(dict(provider=pname, median_ms=med * 1e3, p20_ms=q[0] * 1e3, p80_ms=q[1] * 1e3,
                              images_per_s=grp.images / med, gbps=grp.bytes_moved / med / 1e9,
                              pct_copy_bw=100 * grp.bytes_moved / med / 1e9 / bw,
-                             peak_extra_mb=peak_extra_mb(fn, device), baseline=pname in grp.baselines))
+                             peak_extra_mb=peak_extra_mb(fn, device), faults_per_call=faults.get(pname),
+                             baseline=pname in grp.baselines))
         by = {r["provider"]: r for r in rows}
         for r in rows:
             if not r["baseline"]:
@@ -536,12 +560,14 @@ def format_table(result: dict) -> str:
     for grp in result["groups"]:
         lines += ["", f"{grp['name']}  [{grp['config']}]"]
         lines.append(f"  {'provider':<22}{'median ms':>10}{'p20-p80':>16}{'img/s':>10}{'GB/s':>8}{'%copy':>7}"
-                     f"{'peak MB':>9}  speed-up vs baselines")
+                     f"{'peak MB':>9}{'faults':>8}  speed-up vs baselines")
         for r in sorted(grp["rows"], key=lambda r: r["median_ms"]):
             peak = "-" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.0f}"
+            # minor page faults per call (CPU; results saved before they were counted lack it)
+            fl = "-" if r.get("faults_per_call") is None else f"{r['faults_per_call']:.0f}"
             sp = ", ".join(f"{k} {v:.1f}x" for k, v in r.get("speedup", {}).items())
             lines.append(f"  {r['provider']:<22}{r['median_ms']:>10.3f}{r['p20_ms']:>8.2f}-{r['p80_ms']:<7.2f}"
-                         f"{r['images_per_s']:>10,.0f}{r['gbps']:>8.1f}{r['pct_copy_bw']:>6.0f}%{peak:>9}  {sp}")
+                         f"{r['images_per_s']:>10,.0f}{r['gbps']:>8.1f}{r['pct_copy_bw']:>6.0f}%{peak:>9}{fl:>8}  {sp}")
         for n in grp["notes"]:
             lines.append(f"  note: {n}")
     e2e = result.get("end_to_end")

@@ -62,6 +62,26 @@ def test_measure_interleaved_rotates_and_reports_failures():
     assert all(t >= 0 for k in "abc" for t in timed[k])
 
 
+def test_measure_interleaved_counts_page_faults_per_call():
+    """Per provider, the minor page faults of its timed calls only: one that touches 256 fresh
+    pages per call reports at least that many, an idle one next to it about none."""
+    if bench.minor_faults() is None:
+        pytest.skip("no getrusage here")
+    import mmap
+
+    def touch_fresh_pages():
+        with mmap.mmap(-1, 256 * mmap.PAGESIZE) as m:  # anonymous: never a page already there
+            for k in range(0, len(m), mmap.PAGESIZE):
+                m[k] = 1
+
+    faults = {}
+    timed = bench.measure_interleaved({"touch": touch_fresh_pages, "idle": lambda: None}, "cpu",
+                                      budget_s=0.0, max_rounds=5, warmup=1, faults=faults)
+    assert set(faults) == {"touch", "idle"} and len(timed["touch"]) == 3
+    assert faults["touch"] >= 256
+    assert faults["idle"] < 32
+
+
 def test_results_name_the_commit_measured(monkeypatch):
     """The JSON records HEAD (a 40-hex sha here, in a git checkout) unless MEDMIX_COMMIT names
     it: the GPU machine measures a copy of the tree without .git."""
