@@ -294,7 +294,9 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
             span = f"fine_grained_span<{lo}, {hi}>"
             found = [n for n in clones if span in n]
             assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {span} is scalar: {found}"
-    for loop in ("combine_on_off", "normalize_row"):  # and its normalisation passes
+    # the blurs' passes (gaussian_blend's mask, the saliency maps' taps), float and double
+    for loop in ("combine_on_off", "normalize_row",  # (fine_grained's normalisation passes)
+                 "weighted_rows<float>", "weighted_rows<double>"):
         found = [n for n in clones if loop in n]
         assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {loop} is scalar: {found}"
     fma = [line for line in dis.splitlines() if re.search(r"\svfn?m(add|sub)\w*\s", line)]

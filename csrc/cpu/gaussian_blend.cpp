@@ -69,6 +69,7 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W * (C + 2)));
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> taps(2 * max_radius + 1), padded(W + 2 * max_radius), alpha(W);
+    std::vector<const acc_t*> rows(2 * max_radius + 1);
     int64_t taps_of = -1;
     int r = 0;
     for (int64_t row = begin; row < end; ++row) {
@@ -83,25 +84,17 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
         consume(bi, h, mb + h * W);
         continue;
       }
-      // Vertical pass into padded[r .. r + W).
+      // Vertical pass into padded[r .. r + W): mask rows h - r .. h + r (reflected).
       acc_t* col = padded.data() + r;
-      std::fill(col, col + W, acc_t(0));
-      for (int dy = -r; dy <= r; ++dy) {
-        const acc_t tap = taps[dy + r];
-        const acc_t* src = mb + reflect_index(h + dy, H) * W;
-        axpy_row(tap, src, col, W);
-      }
-      // Reflect-pad the row, then the horizontal pass as 2r+1 shifted vector FMAs.
+      for (int dy = -r; dy <= r; ++dy) rows[dy + r] = mb + reflect_index(h + dy, H) * W;
+      weighted_rows(taps.data(), rows.data(), 2 * r + 1, col, W);
+      // Reflect-pad the row, then the horizontal pass over its 2r+1 shifts.
       for (int64_t j = 1; j <= r; ++j) {
         col[-j] = col[reflect_index(-j, W)];
         col[W - 1 + j] = col[reflect_index(W - 1 + j, W)];
       }
-      std::fill(alpha.begin(), alpha.end(), acc_t(0));
-      for (int dx = -r; dx <= r; ++dx) {
-        const acc_t tap = taps[dx + r];
-        const acc_t* src = col + dx;
-        axpy_row(tap, src, alpha.data(), W);
-      }
+      for (int dx = -r; dx <= r; ++dx) rows[dx + r] = col + dx;
+      weighted_rows(taps.data(), rows.data(), 2 * r + 1, alpha.data(), W);
       consume(bi, h, alpha.data());
     }
   });

@@ -39,6 +39,7 @@ void separable_taps(float* s0, int64_t h, int64_t w, const float* taps, int64_t 
   const int64_t r = T / 2;
   row.resize(w + 2 * r);
   tmp.resize(h * w);
+  std::vector<const float*> rows(T);  // the rows (or shifts) weighted by taps[0 .. T)
   for (int64_t i = 0; i < h; ++i) {
     float* pad = row.data() + r;
     const float* src = s0 + i * w;
@@ -47,22 +48,12 @@ void separable_taps(float* s0, int64_t h, int64_t w, const float* taps, int64_t 
       pad[-j] = src[reflect_index(-j, w)];
       pad[w - 1 + j] = src[reflect_index(w - 1 + j, w)];
     }
-    float* dst = tmp.data() + i * w;
-    std::fill(dst, dst + w, 0.f);
-    for (int64_t t = 0; t < T; ++t) {
-      const float tap = taps[t];
-      const float* sh = pad + t - r;
-      for (int64_t j = 0; j < w; ++j) dst[j] += tap * sh[j];
-    }
+    for (int64_t t = 0; t < T; ++t) rows[t] = pad + t - r;
+    weighted_rows(taps, rows.data(), T, tmp.data() + i * w, w);
   }
   for (int64_t i = 0; i < h; ++i) {
-    float* dst = s0 + i * w;
-    std::fill(dst, dst + w, 0.f);
-    for (int64_t t = 0; t < T; ++t) {
-      const float tap = taps[t];
-      const float* src = tmp.data() + reflect_index(i + t - r, h) * w;
-      for (int64_t j = 0; j < w; ++j) dst[j] += tap * src[j];
-    }
+    for (int64_t t = 0; t < T; ++t) rows[t] = tmp.data() + reflect_index(i + t - r, h) * w;
+    weighted_rows(taps, rows.data(), T, s0 + i * w, w);
   }
 }
 
