@@ -232,6 +232,56 @@ def test_hard_masks_binary_in_some_chunks_only(device_backend, shared):
     assert torch.equal(out[hard.expand_as(out)], picked[hard.expand_as(out)])
 
 
+def _every_pattern(dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, 128, 512]: every 16-bit pattern of a 16-bit float dtype (Inf, NaN, subnormals,
+    -0.0 included), or every (a, b) byte pair's first byte for uint8 (the second: _partner)."""
+    bits = torch.arange(-(2 ** 15), 2 ** 15, dtype=torch.int32)
+    if dtype == torch.uint8:
+        return (bits & 255).to(torch.uint8).view(1, 1, 128, 512)
+    return bits.to(torch.int16).view(dtype).view(1, 1, 128, 512)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.bfloat16], ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("path", ["per_sample_constant", "soft", "sigma", "channels_last"])
+def test_cpu_stores_match_the_reference_bit_for_bit(dtype, path):
+    """The C++ CPU kernel converts 16-bit floats and rounds uint8 with its own vector code
+    (csrc/cpu/pixel_io.h), not c10's scalar conversions: on every 16-bit pattern (for uint8,
+    every pair of bytes), under per-sample constant weights (0, 1, a 0.5 that makes uint8
+    ties, weights outside [0, 1] that must saturate), soft per-pixel weights with exact 0s
+    and 1s, a blurred mask and channels_last images, it must give the reference's bits
+    (NaN for NaN)."""
+    a1 = _every_pattern(dtype)
+    b1 = a1.flatten().roll(12345).view_as(a1) if dtype != torch.uint8 else \
+        (torch.arange(2 ** 16) // 256).to(torch.uint8).view_as(a1)  # every (a, b) byte pair
+    B, H, W = 8, 128, 512
+    a, b = a1.expand(B, 3, H, W).clone(), b1.expand(B, 3, H, W).clone()
+    a[:, 1] = a[:, 1].flip(-1)  # channels differ
+    g = torch.Generator().manual_seed(3)
+    # 1.5 and -0.25 (validate=False) must saturate; weights next to 0 and 1 round 1 - w
+    weights = torch.tensor([0.0, 1.0, 0.5, 0.3, 1.5, -0.25, 1 - 2 ** -24, 2 ** -25])
+    sigma = 0.0
+    if path == "per_sample_constant":
+        mask = weights.view(B, 1, 1, 1).expand(B, 1, H, W)
+    else:
+        mask = torch.rand(B, 1, H, W, generator=g)
+        mask[mask < 0.2] = 0.0
+        mask[mask > 0.8] = 1.0
+        mask[4] = mask[4] * 3 - 1  # outside [0, 1] here and there
+        if path == "sigma":
+            sigma = 1.5
+        if path == "channels_last":
+            a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+    got, lam, alpha = gaussian_blend(a, b, mask, sigma, backend="cpu", validate=False, return_alpha=True)
+    # (the blurred alpha is summed in another order than the reference's: the reference
+    # blends with the kernel's own alpha, which is what the stores are tested on)
+    want, want_lam = gaussian_blend(a, b, alpha, 0.0, backend="reference", validate=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(lam, want_lam, rtol=0, atol=1e-6)
+    if dtype == torch.uint8 and path == "per_sample_constant":  # the ties are there
+        mixed = 0.5 * a[2].float() + 0.5 * b[2].float()
+        assert (mixed.frac() == 0.5).sum() > 10000
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.bfloat16, torch.float64])
 def test_binary_masks_copy_pixels_in_every_dtype(device_backend, dtype):
     """A 0 / 1 mask (with a -0.0 among the zeros) at sigma = 0 copies each pixel of the

@@ -278,8 +278,16 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
     clones = [n for n in vector_ops if "[clone .avx2]" in n]
     if not clones:
         pytest.skip("built without GCC target_clones (another compiler)")
-    blend = [n for n in clones if "blend_run<float, float>" in n]
+    blend = [n for n in clones if "blend_run<medmix::PixelIO<float>, float, float>" in n]
     assert blend and vector_ops[blend[0]] >= 4, f"the float blend loop's AVX2 clone is scalar: {blend}"
+    # every storage dtype's blend loops, per-pixel and per-sample weights: uint8 (its rounding
+    # in pixel_io.h's store_run, inlined into the clone) and the 16-bit floats (c10's
+    # conversions; the per-sample loop was scalar while it held the exact-0 / 1 selects)
+    for io in ("unsigned char>, float, unsigned char", "c10::Half>, float, c10::Half",
+               "c10::BFloat16>, float, c10::BFloat16"):
+        for loop in ("blend_run<", "blend_run_const<"):
+            found = [n for n in clones if f"{loop}medmix::PixelIO<{io}>" in n]
+            assert found and vector_ops[found[0]] >= 8, f"the AVX2 clone of {loop}{io} is scalar: {found}"
     # the hard-mask path: the 0 / 1 check of a mask chunk, the per-pixel select and the
     # shared box's runs (copies there become memcpy calls; its select must be vector code)
     # (fp16 / bf16 images select and copy as their uint16 bits)
