@@ -76,8 +76,10 @@ def gaussian_blend_forward_kernel(
     for c in range(C):
         pa = a_ptr + bi * sa_n + c * sa_c + rows * sa_h + cols * sa_w
         pb = b_ptr + bj * sb_n + c * sb_c + rows * sb_h + cols * sb_w
-        va = tl.load(pa, mask=valid, other=0).to(COMPUTE)
-        vb = tl.load(pb, mask=valid, other=0).to(COMPUTE)
+        # only the image a weight of exactly 1 or 0 takes is read (as the CUDA kernel does): a
+        # hard mask's tile reads one image where it lies wholly inside or outside the box
+        va = tl.load(pa, mask=valid & (alpha != 0.0), other=0).to(COMPUTE)
+        vb = tl.load(pb, mask=valid & (alpha != 1.0), other=0).to(COMPUTE)
         # a weight of exactly 1 or 0 selects (csrc/common/gaussian_blend.h): no 0 * inf = NaN
         out = tl.where(alpha == 1.0, va, tl.where(alpha == 0.0, vb, alpha * va + (1.0 - alpha) * vb))
         po = out_ptr + bi * so_n + c * so_c + rows * so_h + cols * so_w
