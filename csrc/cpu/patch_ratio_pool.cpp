@@ -12,9 +12,18 @@
 
 #include "../common/patch_ratio.h"
 #include "../common/patch_ratio_args.h"
+#include "clones.h"
 
 namespace medmix {
 namespace {
+
+// col[x] = sum of rows[0 .. n)[x] for x in [0, W), both maps, rows summed in order.
+MEDMIX_CPU_CLONES void add_rows(const float* __restrict__ a, const float* __restrict__ b, int64_t n,
+                                int64_t W, float* __restrict__ col_a, float* __restrict__ col_b) {
+  for (int64_t x = 0; x < W; ++x) col_a[x] = a[x], col_b[x] = b[x];
+  for (int64_t y = 1; y < n; ++y)
+    for (int64_t x = 0; x < W; ++x) col_a[x] += a[y * W + x], col_b[x] += b[y * W + x];
+}
 
 std::tuple<at::Tensor, at::Tensor> patch_pool_cpu(const at::Tensor& s_a_in, const at::Tensor& s_b_in,
                                                   int64_t patch, bool pad) {
@@ -27,22 +36,22 @@ std::tuple<at::Tensor, at::Tensor> patch_pool_cpu(const at::Tensor& s_a_in, cons
   float* pp = pooled.data_ptr<float>();
   float* pm = minmax.data_ptr<float>();
   at::parallel_for(0, g.B * g.gh, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> sum_a(g.gw), sum_b(g.gw);
+    std::vector<float> sum_a(g.gw), sum_b(g.gw), col_a(g.W), col_b(g.W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / g.gh, gi = task % g.gh;
       const int64_t y0 = gi * patch, y1 = std::min(y0 + patch, g.H);
-      std::fill(sum_a.begin(), sum_a.end(), 0.f);
-      std::fill(sum_b.begin(), sum_b.end(), 0.f);
-      for (int64_t y = y0; y < y1; ++y) {  // rows outermost: a sequential sweep of the band
-        const float* ra = pa + (bi * g.H + y) * g.W;
-        const float* rb = pb + (bi * g.H + y) * g.W;
-        for (int64_t gj = 0; gj < g.gw; ++gj) {
-          const int64_t x0 = gj * patch, x1 = std::min(x0 + patch, g.W);
-          float acc_a = 0.f, acc_b = 0.f;
-          for (int64_t x = x0; x < x1; ++x) acc_a += ra[x], acc_b += rb[x];
-          sum_a[gj] += acc_a;
-          sum_b[gj] += acc_b;
-        }
+      // The band's column sums, row by row (vector adds over whole rows), then each patch's
+      // columns in order. A patch's sum per row had been a serial chain of `patch` dependent
+      // float adds: compute bound, 1.8x slower (0.46 against 0.26 ms at 32 x 224^2, where a
+      // clone of one map takes 0.24 ms).
+      add_rows(pa + (bi * g.H + y0) * g.W, pb + (bi * g.H + y0) * g.W, y1 - y0, g.W, col_a.data(),
+               col_b.data());
+      for (int64_t gj = 0; gj < g.gw; ++gj) {
+        const int64_t x0 = gj * patch, x1 = std::min(x0 + patch, g.W);
+        float acc_a = 0.f, acc_b = 0.f;
+        for (int64_t x = x0; x < x1; ++x) acc_a += col_a[x], acc_b += col_b[x];
+        sum_a[gj] = acc_a;
+        sum_b[gj] = acc_b;
       }
       float lo_a = FLT_MAX, hi_a = -FLT_MAX, lo_b = FLT_MAX, hi_b = -FLT_MAX;
       for (int64_t gj = 0; gj < g.gw; ++gj) {
