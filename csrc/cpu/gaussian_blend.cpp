@@ -137,7 +137,7 @@ inline acc_t blend_io(acc_t alpha, acc_t a, acc_t b) {
 }
 
 // The per-pixel blend of a run (uint8 stores through pixel_io.h's store_run).
-template <typename IO, typename acc_t = typename IO::acc_t, typename T = typename IO::storage>
+template <typename IO, typename acc_t = typename IO::acc_t, typename T = typename IO::scalar>
 MEDMIX_CPU_CLONES void blend_run(const acc_t* __restrict__ alpha, const T* __restrict__ a,
                                  const T* __restrict__ b, T* __restrict__ o, int64_t n) {
   store_run<IO>([&](int64_t k) __attribute__((always_inline)) {
@@ -278,7 +278,7 @@ MEDMIX_CPU_CLONES void copy_runs(const Run* runs, int64_t count, const acc_t* __
 // for the run, outside the loop: left inside, GCC kept the fp16 loop scalar, a branch per
 // pixel (1/45 of a copy's speed, 4x slower than under a per-pixel mask). The same bits: an
 // exact 0 or 1 copies one image, any other weight (a NaN included) takes the formula.
-template <typename IO, typename acc_t = typename IO::acc_t, typename T = typename IO::storage>
+template <typename IO, typename acc_t = typename IO::acc_t, typename T = typename IO::scalar>
 MEDMIX_CPU_CLONES void blend_run_const(acc_t alpha, const T* __restrict__ a, const T* __restrict__ b,
                                        T* __restrict__ o, int64_t n) {
   if (alpha == acc_t(1) || alpha == acc_t(0)) {
