@@ -33,10 +33,11 @@ TORCH_LIBRARY(medmix, m) {
   // Spectral residual of a float32 [B, h, w, 2] spectrum: log amplitude minus its 3x3 box mean
   // (reflect border), exponentiated, with the original phase.
   m.def("spectral_residual_filter(Tensor spec) -> Tensor");
-  // Fine-grained saliency from the smoothed grey map [B, 1, H, W] and its float64 integral image
-  // [B, H + 1, W + 1]: centre-surround on / off contrast summed over the window half-sizes in
-  // scales, on / max(on) + off / max(off), min-max normalised. float32 [B, 1, H, W].
-  m.def("fine_grained_saliency(Tensor grey, Tensor integral, int[] scales) -> Tensor");
+  // Fine-grained saliency of the smoothed grey map [B, 1, H, W], from its float64 integral image
+  // (each backend builds its own: one argument that cannot disagree with grey): centre-surround
+  // on / off contrast summed over the window half-sizes in scales, on / max(on) + off / max(off),
+  // min-max normalised. float32 [B, 1, H, W].
+  m.def("fine_grained_saliency(Tensor grey, int[] scales) -> Tensor");
 
   // ---- patch_ratio_pool (DESIGN.md op 2) ----
   // Average of both [B, 1, H, W] maps per patch (edge patches partial when pad):

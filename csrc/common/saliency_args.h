@@ -44,15 +44,10 @@ inline SaliencyMapDims check_saliency_map_args(const at::Tensor& src, int64_t mo
   return d;
 }
 
-inline void check_fine_grained_args(const at::Tensor& grey, const at::Tensor& integral) {
+inline void check_fine_grained_args(const at::Tensor& grey) {
   TORCH_CHECK(grey.dim() == 4 && grey.size(1) == 1 && grey.scalar_type() == at::kFloat,
               "medmix::fine_grained_saliency: grey must be float32 [B, 1, H, W], got ",
               grey.scalar_type(), " ", grey.sizes());
-  TORCH_CHECK(integral.dim() == 3 && integral.size(0) == grey.size(0) &&
-                  integral.size(1) == grey.size(2) + 1 && integral.size(2) == grey.size(3) + 1 &&
-                  integral.scalar_type() == at::kDouble && integral.device() == grey.device(),
-              "medmix::fine_grained_saliency: integral must be float64 [B, H + 1, W + 1], got ",
-              integral.scalar_type(), " ", integral.sizes());
 }
 
 inline void check_spectrum(const at::Tensor& spec) {

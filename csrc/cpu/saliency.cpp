@@ -293,20 +293,61 @@ MEDMIX_CPU_CLONES void normalize_row(float* __restrict__ po, int64_t W, float lo
   for (int64_t k = 0; k < W; ++k) po[k] = (po[k] - lo) / (hi - lo);
 }
 
-// Parallel over rows of all samples, not over samples: SaliencyMix's official mode maps one
-// image, which a per-sample split would leave on one thread. Three passes over rows, with the
-// per-sample maxima / extrema reduced in between (max and min are exact in any order, so the
-// result does not depend on the split): on / off per pixel, then the combined intensity, then
-// its min-max normalisation.
-at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, const at::Tensor& integral_in,
-                                     at::IntArrayRef scales) {
-  check_fine_grained_args(grey_in, integral_in);
+// The integral image of one sample's grey map [H, W]: S [H + 1, W + 1] in float64, S[y][x] =
+// the sum of grey[:y, :x]. The reference's torch.cumsum(1).cumsum(2) adds in this order (each
+// column's running sum down the rows, then each row's running sum of those), so S has its
+// bits. A row's running sum is a serial chain of dependent adds; four rows are summed together
+// so that four independent chains overlap. col: scratch [W].
+void integral_image(const float* __restrict__ g, int64_t H, int64_t W,
+                    double* __restrict__ S, double* __restrict__ col) {
+  const int64_t W1 = W + 1;
+  std::fill(S, S + W1, 0.0);
+  std::fill(col, col + W, 0.0);
+  int64_t y = 0;
+  for (; y + 4 <= H; y += 4) {
+    const float* g0 = g + y * W;
+    double* s0 = S + (y + 1) * W1;
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    s0[0] = s0[W1] = s0[2 * W1] = s0[3 * W1] = 0.0;
+    for (int64_t x = 0; x < W; ++x) {
+      double c = col[x] + static_cast<double>(g0[x]);
+      s0[x + 1] = a0 += c;
+      c += static_cast<double>(g0[W + x]);
+      s0[W1 + x + 1] = a1 += c;
+      c += static_cast<double>(g0[2 * W + x]);
+      s0[2 * W1 + x + 1] = a2 += c;
+      c += static_cast<double>(g0[3 * W + x]);
+      s0[3 * W1 + x + 1] = a3 += c;
+      col[x] = c;
+    }
+  }
+  for (; y < H; ++y) {
+    double* s = S + (y + 1) * W1;
+    double a = 0;
+    s[0] = 0.0;
+    for (int64_t x = 0; x < W; ++x) {
+      col[x] += static_cast<double>(g[y * W + x]);
+      s[x + 1] = a += col[x];
+    }
+  }
+}
+
+// Samples are processed in chunks whose scratch (integral image, on, off: 24 bytes a pixel)
+// stays near this size: the whole batch's (39 MB at 32 x 224^2) was above glibc's mmap
+// ceiling, so every call faulted it in page by page, and it left the cache between passes.
+constexpr int64_t kFineGrainedScratchBytes = int64_t(8) << 20;
+
+// Per chunk: the integral images (parallel over samples), then three passes parallel over rows
+// of all the chunk's samples, not over samples (SaliencyMix's official mode maps one image,
+// which a per-sample split would leave on one thread), with the per-sample maxima / extrema
+// reduced in between (max and min are exact in any order, so the result does not depend on
+// the split): on / off per pixel, then the combined intensity, then its min-max normalisation.
+at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, at::IntArrayRef scales) {
+  check_fine_grained_args(grey_in);
   const auto grey = grey_in.contiguous();
-  const auto integral = integral_in.contiguous();
   const int64_t B = grey.size(0), H = grey.size(2), W = grey.size(3), HW = H * W;
   auto out = at::empty({B, 1, H, W}, grey.options());
   const float* pg = grey.data_ptr<float>();
-  const double* pS = integral.data_ptr<double>();
   float* po = out.data_ptr<float>();
   const std::vector<int64_t> sc(scales.begin(), scales.end());
   // fine_grained_row's spans index columns in int32, and read x - n + 1 <= x unclamped
@@ -315,46 +356,64 @@ at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, const at::Tensor
     TORCH_CHECK(n >= 0 && n < (int64_t(1) << 30),
                 "medmix::fine_grained_saliency: scales must be in [0, 2^30), got ", n);
   }
-  // (not std::vector: its zero fill was a pass over 16 bytes a pixel; every row is written first)
-  const std::unique_ptr<double[]> on(new double[B * HW]), off(new double[B * HW]);
-  std::vector<double> row_on_max(B * H), row_off_max(B * H);
-  std::vector<float> row_lo(B * H), row_hi(B * H);
+  if (B == 0 || HW == 0) return out;
+  const int64_t SS = (H + 1) * (W + 1);
+  // at least a sample per thread, so that the integral images are computed in parallel
+  const int64_t chunk = std::min(B, std::max<int64_t>(
+      at::get_num_threads(), kFineGrainedScratchBytes / (8 * (SS + 2 * HW))));
+  // (not std::vector: its zero fill was a pass over the scratch; every row is written first)
+  const std::unique_ptr<double[]> integral(new double[chunk * SS]), on(new double[chunk * HW]),
+      off(new double[chunk * HW]);
+  std::vector<double> row_on_max(chunk * H), row_off_max(chunk * H);
+  std::vector<float> row_lo(chunk * H), row_hi(chunk * H);
+  std::vector<double> on_max(chunk), off_max(chunk);
+  std::vector<float> lo(chunk), hi(chunk);
   // ~16K box lookups per task: rows of small images are grouped, large ones split finely.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * static_cast<int64_t>(sc.size())));
-  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bi = row / H, y = row % H;
-      const double* S = pS + bi * (H + 1) * (W + 1);
-      fine_grained_row(S, H, W, y, pg + row * W, sc, &on[row * W], &off[row * W]);
-      double on_max = 0, off_max = 0;
-      for (int64_t k = row * W; k < (row + 1) * W; ++k) {
-        on_max = std::max(on_max, on[k]);
-        off_max = std::max(off_max, off[k]);
+  for (int64_t b0 = 0; b0 < B; b0 += chunk) {
+    const int64_t nb = std::min(chunk, B - b0), rows = nb * H;
+    const float* cg = pg + b0 * HW;
+    float* co = po + b0 * HW;
+    at::parallel_for(0, nb, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> col(W);
+      for (int64_t i = begin; i < end; ++i) integral_image(cg + i * HW, H, W, &integral[i * SS], col.data());
+    });
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        fine_grained_row(&integral[(row / H) * SS], H, W, row % H, cg + row * W, sc, &on[row * W],
+                         &off[row * W]);
+        double mon = 0, moff = 0;
+        for (int64_t k = row * W; k < (row + 1) * W; ++k) {
+          mon = std::max(mon, on[k]);
+          moff = std::max(moff, off[k]);
+        }
+        row_on_max[row] = mon;
+        row_off_max[row] = moff;
       }
-      row_on_max[row] = on_max;
-      row_off_max[row] = off_max;
+    });
+    std::fill(on_max.begin(), on_max.end(), 0.0);
+    std::fill(off_max.begin(), off_max.end(), 0.0);
+    for (int64_t row = 0; row < rows; ++row) {
+      on_max[row / H] = std::max(on_max[row / H], row_on_max[row]);
+      off_max[row / H] = std::max(off_max[row / H], row_off_max[row]);
     }
-  });
-  std::vector<double> on_max(B, 0.0), off_max(B, 0.0);
-  for (int64_t row = 0; row < B * H; ++row) {
-    on_max[row / H] = std::max(on_max[row / H], row_on_max[row]);
-    off_max[row / H] = std::max(off_max[row / H], row_off_max[row]);
-  }
-  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bi = row / H;
-      combine_on_off(&on[row * W], &off[row * W], on_max[bi], off_max[bi], W, po + row * W,
-                     &row_lo[row], &row_hi[row]);
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t bi = row / H;
+        combine_on_off(&on[row * W], &off[row * W], on_max[bi], off_max[bi], W, co + row * W,
+                       &row_lo[row], &row_hi[row]);
+      }
+    });
+    std::fill(lo.begin(), lo.end(), FLT_MAX);
+    std::fill(hi.begin(), hi.end(), -FLT_MAX);
+    for (int64_t row = 0; row < rows; ++row) {
+      lo[row / H] = std::min(lo[row / H], row_lo[row]);
+      hi[row / H] = std::max(hi[row / H], row_hi[row]);
     }
-  });
-  std::vector<float> lo(B, FLT_MAX), hi(B, -FLT_MAX);
-  for (int64_t row = 0; row < B * H; ++row) {
-    lo[row / H] = std::min(lo[row / H], row_lo[row]);
-    hi[row / H] = std::max(hi[row / H], row_hi[row]);
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) normalize_row(co + row * W, W, lo[row / H], hi[row / H]);
+    });
   }
-  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) normalize_row(po + row * W, W, lo[row / H], hi[row / H]);
-  });
   return out;
 }
 

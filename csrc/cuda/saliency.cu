@@ -3,6 +3,7 @@
 // spectral_residual_filter: one thread per frequency. Contracts: csrc/ops.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
@@ -187,14 +188,18 @@ at::Tensor spectral_residual_filter_cuda(const at::Tensor& spec_in) {
   return out;
 }
 
-at::Tensor fine_grained_saliency_cuda(const at::Tensor& grey_in, const at::Tensor& integral_in,
-                                      at::IntArrayRef scales) {
-  check_fine_grained_args(grey_in, integral_in);
+at::Tensor fine_grained_saliency_cuda(const at::Tensor& grey_in, at::IntArrayRef scales) {
+  check_fine_grained_args(grey_in);
   TORCH_CHECK(grey_in.is_cuda(), "medmix::fine_grained_saliency (CUDA kernel) got a ",
               grey_in.device(), " tensor");
   const c10::cuda::CUDAGuard guard(grey_in.device());
-  const auto grey = grey_in.contiguous(), integral = integral_in.contiguous();
+  const auto grey = grey_in.contiguous();
   const int64_t B = grey.size(0), H = grey.size(2), W = grey.size(3);
+  // The float64 integral image [B, H + 1, W + 1] as the reference builds it (its bits: the
+  // same cumsums, zero-padded at the top and left).
+  const auto integral =
+      at::constant_pad_nd(grey.select(1, 0).to(at::kDouble).cumsum(1).cumsum(2), {1, 0, 1, 0})
+          .contiguous();
   auto out = at::empty_like(grey);
   auto on = at::empty({B, H * W}, grey.options().dtype(at::kDouble));
   auto off = at::empty_like(on);

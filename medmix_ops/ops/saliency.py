@@ -108,8 +108,7 @@ def saliency(x: torch.Tensor, method: str = "fine_grained", *, grads: torch.Tens
         grey, _ = ns.saliency_map(x, SRC_WEIGHTED, _grey_weights(B, C, dev),
                                   device_constant("smooth", dev, _ref.smooth_taps),
                                   False, H, W, False, q, _no_gate(dev))
-        integral = _ref.integral_image(grey[:, 0])
-        return ns.fine_grained_saliency(grey, integral, list(_ref.FINE_GRAINED_SCALES))
+        return ns.fine_grained_saliency(grey, list(_ref.FINE_GRAINED_SCALES))
     if method == "gradient":
         mode = SRC_ABS_MAX if reduce == "max" else SRC_ABS_SUM
         taps = device_constant(("gradient_blur", sigma), dev, lambda: _ref.gaussian_taps_sigma(sigma))
@@ -309,11 +308,10 @@ def _spectral_residual_filter_triton(spec: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("medmix_triton::fine_grained_saliency", mutates_args=())
-def _fine_grained_saliency_triton(grey: torch.Tensor, integral: torch.Tensor,
-                                  scales: list[int]) -> torch.Tensor:
+def _fine_grained_saliency_triton(grey: torch.Tensor, scales: list[int]) -> torch.Tensor:
     from ..triton import saliency as tk
 
-    return tk.fine_grained_saliency(grey, integral, scales)
+    return tk.fine_grained_saliency(grey, scales)
 
 
 def _fake_saliency_map(src, src_mode, weights, taps, square, out_h, out_w, normalize, quantize, gate):
@@ -324,4 +322,4 @@ def _fake_saliency_map(src, src_mode, weights, taps, square, out_h, out_w, norma
 
 _backend.register_fake_both("saliency_map", _fake_saliency_map)
 _backend.register_fake_both("spectral_residual_filter", lambda spec: torch.empty_like(spec))
-_backend.register_fake_both("fine_grained_saliency", lambda grey, integral, scales: torch.empty_like(grey))
+_backend.register_fake_both("fine_grained_saliency", lambda grey, scales: torch.empty_like(grey))

@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..reference.saliency import integral_image
 from . import _common as cm
 
 BLOCK = 1024  # pixels per step of a per-sample loop
@@ -306,10 +307,11 @@ def spectral_residual_filter(spec):
     return out
 
 
-def fine_grained_saliency(grey, integral, scales):
+def fine_grained_saliency(grey, scales):
     grey = grey.contiguous()
-    integral = integral.contiguous()
     B, _, H, W = grey.shape
+    # the float64 integral image [B, H + 1, W + 1]: the reference's (torch's cumsums, on the device)
+    integral = integral_image(grey[:, 0]).contiguous()
     out = torch.empty_like(grey)
     on = torch.empty((B, H * W), device=grey.device, dtype=torch.float64)
     off = torch.empty_like(on)
