@@ -303,7 +303,7 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
             found = [n for n in clones if span in n]
             assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {span} is scalar: {found}"
     # the blurs' passes (gaussian_blend's mask, the saliency maps' taps), float and double
-    for loop in ("combine_on_off", "normalize_row",  # (fine_grained's normalisation passes)
+    for loop in ("combine_on_off", "normalize_row", "row_on_off_max",  # (fine_grained's passes)
                  "add_rows",  # (patch_ratio_pool's column sums of a band of rows)
                  "weighted_rows<float>", "weighted_rows<double>"):
         found = [n for n in clones if loop in n]
