@@ -67,18 +67,20 @@ class SPMix(MixPolicy):
         return (torch.from_numpy(np.where(self_is_tail, a, pn)),
                 torch.from_numpy(np.where(self_is_tail, pn, a)))
 
-    def ratios(self, x: torch.Tensor, tail: torch.Tensor, head: torch.Tensor, patch: int):
-        """Per-patch ratios [B, gh, gw], mean [B] and pixel map [B, 1, H, W] for the pairs."""
+    def ratios(self, x: torch.Tensor, tail: torch.Tensor | None, head: torch.Tensor, patch: int):
+        """Per-patch ratios [B, gh, gw], mean [B] and pixel map [B, 1, H, W] for the pairs
+        (tail None: the batch in order, without a gathered copy of its maps)."""
         s = saliency(x, self.method, backend=self.backend)
-        return patch_ratio_pool(s[tail], s[head], patch, self.ratio_cap, pad=True, expand=True,
-                                backend=self.backend)
+        return patch_ratio_pool(s if tail is None else s[tail], s[head], patch, self.ratio_cap,
+                                pad=True, expand=True, backend=self.backend)
 
     def _mix(self, x, targets, labels, p):
         tail, head = p.pop("_pairs")  # (host; internal, not kept in `last`)
         tail_d, head_d = to_device(tail, x.device), to_device(head, x.device)
-        r, mean, pix = self.ratios(x, tail_d, head_d, self.patch)
+        in_order = self.partner != "class_balanced"  # (pairs(): tail is then 0 .. B - 1)
+        r, mean, pix = self.ratios(x, None if in_order else tail_d, head_d, self.patch)
         # x[tail], not index_select: advanced indexing keeps a channels_last batch channels_last
-        anchor = x if self.partner != "class_balanced" else x[tail_d]
+        anchor = x if in_order else x[tail_d]
         out, _, alpha = gaussian_blend(anchor, x, pix, self.sigma, b_index=head_d, return_alpha=True,
                                        backend=self.backend, validate=False)
         lam = torch.ones_like(mean) if self.label == "keep" else mean
