@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import medmix_ops
 from medmix_ops import gaussian_blend
+from medmix_ops._validation import opmath_dtype
 from medmix_ops import _backend
 
 from conftest import HAS_CUDA
@@ -400,6 +401,40 @@ def test_backward_matches_reference(kernel_backend, dtype):
     for got, want in zip(grads[backend], grads["reference"]):
         assert got.dtype == dtype
         assert_close(got, want.double().cpu().numpy(), atol, rtol, "grad")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "expanded"])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=lambda d: str(d).replace("torch.", ""))
+def test_backward_op_is_the_weighted_gradient(kernel_backend, dtype, channels, layout):
+    """The raw backward op, bit for bit: grad_a = alpha * g and grad_b = (1 - alpha) * g in the
+    images' math type, alpha being the forward's blurred mask, for every grad_out layout the
+    CPU kernel tells apart (NCHW rows, channels_last rows with C = 3 compiled apart, other
+    strides, a broadcast gradient such as out.sum()'s)."""
+    device, backend = kernel_backend
+    fwd, bwd = _op_for(backend)
+    B, H, W = 2, 7, 23
+    g = torch.Generator().manual_seed(channels)
+    mask = torch.rand(B, 1, H, W, generator=g, dtype=torch.float64).to(opmath_dtype(dtype)).to(device)
+    sigma = torch.tensor([1.5, 0.0], device=device)
+    full = torch.randn(B, channels, H, 2 * W, generator=g).to(dtype).to(device)
+    grad_out = {"contiguous": full[..., :W].contiguous(),
+                "channels_last": full[..., :W].contiguous(memory_format=torch.channels_last),
+                "strided": full[..., ::2],
+                "expanded": full[:1, :1, :1, :1].expand(B, channels, H, W)}[layout]
+    x = torch.zeros(B, channels, H, W, dtype=dtype, device=device)
+    alpha = fwd(x, x, mask, sigma, 5, True)[2][:, :1]
+    ga, gb = bwd(grad_out, mask, sigma, 5)
+    acc = grad_out.to(alpha.dtype)
+    for got, want in ((ga, alpha * acc), (gb, (1 - alpha) * acc)):
+        if backend == "triton" and dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+            # the interpreter stores float32 as bf16 by truncation (a GPU rounds to nearest
+            # even): within one bf16 step of the rounded value, toward zero
+            assert got.dtype == dtype
+            assert_close(got, want.to(dtype).double().cpu().numpy(), 0.0, 2.0 ** -7, "grad")
+        else:
+            assert torch.equal(got, want.to(dtype))
 
 
 # ---- torch.library integration ----------------------------------------------------------------

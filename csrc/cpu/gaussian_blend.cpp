@@ -415,6 +415,32 @@ void repeat_per_channel(const acc_t* __restrict__ alpha, int64_t W, int64_t C, a
   }
 }
 
+// A row's weights for its W * C channels_last elements, in a per-thread buffer valid until the
+// thread's next call.
+template <typename acc_t>
+const acc_t* channels_last_weights(const acc_t* alpha, int64_t W, int64_t C) {
+  thread_local std::vector<acc_t> buf;
+  buf.resize(W * C);
+  if (C == 3) {
+    repeat_per_channel<3>(alpha, W, buf.data());
+  } else {
+    repeat_per_channel(alpha, W, C, buf.data());
+  }
+  return buf.data();
+}
+
+// The backward of a run (blend_pixel_grad): ga = alpha * g, gb = (1 - alpha) * g.
+template <typename IO, typename acc_t = typename IO::acc_t, typename T = typename IO::scalar>
+MEDMIX_CPU_CLONES void blend_grad_run(const acc_t* __restrict__ alpha, const T* __restrict__ g,
+                                      T* __restrict__ ga, T* __restrict__ gb, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    acc_t da, db;
+    blend_pixel_grad<acc_t>(alpha[k], IO::load(g[k]), &da, &db);
+    ga[k] = IO::store(da);
+    gb[k] = IO::store(db);
+  }
+}
+
 template <typename scalar_t>
 void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask,
                    const at::Tensor& sigma, int64_t max_radius, at::Tensor& out,
@@ -448,14 +474,7 @@ void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& m
       // channels_last: the row's weights repeated per channel, then one unit-stride blend over
       // its W * C elements. (The strided pixel-major loop below is scalar: a sigma = 0 blend
       // of channels_last images took 10x the time of NCHW ones.)
-      thread_local std::vector<acc_t> alpha_hwc;
-      alpha_hwc.resize(W * C);
-      if (C == 3) {
-        repeat_per_channel<3>(alpha, W, alpha_hwc.data());
-      } else {
-        repeat_per_channel(alpha, W, C, alpha_hwc.data());
-      }
-      blend_run<IO>(alpha_hwc.data(), ra, rb, ro, W * C);
+      blend_run<IO>(channels_last_weights(alpha, W, C), ra, rb, ro, W * C);
     } else {  // other strides: pixel-major
       for (int64_t w = 0; w < W; ++w) {
         for (int64_t c = 0; c < C; ++c) {
@@ -484,15 +503,27 @@ void blend_backward(const at::Tensor& grad_out, const at::Tensor& mask, const at
   const scalar_t* pg = grad_out.data_ptr<scalar_t>();
   scalar_t* pa = grad_a.data_ptr<scalar_t>();
   scalar_t* pb = grad_b.data_ptr<scalar_t>();
+  // the forward's row layouts (grad_a / grad_b are empty_like(grad_out): the same strides);
+  // their unit-stride runs vectorise, where the strided loop was scalar
+  const bool rows_dense = sg.w == 1 && sa.w == 1 && sb.w == 1;
+  const bool rows_hwc = sg.c == 1 && sa.c == 1 && sb.c == 1 && sg.w == C && sa.w == C && sb.w == C;
   for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, partner_chain_order(grad_out.size(0), nullptr),
                             [&](int64_t bi, int64_t h, const acc_t* alpha) {
-    for (int64_t c = 0; c < C; ++c) {
-      for (int64_t w = 0; w < W; ++w) {
-        acc_t ga, gb;
-        blend_pixel_grad<acc_t>(
-            alpha[w], IO::load(pg[bi * sg.n + c * sg.c + h * sg.h + w * sg.w]), &ga, &gb);
-        pa[bi * sa.n + c * sa.c + h * sa.h + w * sa.w] = IO::store(ga);
-        pb[bi * sb.n + c * sb.c + h * sb.h + w * sb.w] = IO::store(gb);
+    const scalar_t* rg = pg + bi * sg.n + h * sg.h;
+    scalar_t* ra = pa + bi * sa.n + h * sa.h;
+    scalar_t* rb = pb + bi * sb.n + h * sb.h;
+    if (rows_dense) {
+      for (int64_t c = 0; c < C; ++c) blend_grad_run<IO>(alpha, rg + c * sg.c, ra + c * sa.c, rb + c * sb.c, W);
+    } else if (rows_hwc) {
+      blend_grad_run<IO>(channels_last_weights(alpha, W, C), rg, ra, rb, W * C);
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        for (int64_t w = 0; w < W; ++w) {
+          acc_t ga, gb;
+          blend_pixel_grad<acc_t>(alpha[w], IO::load(rg[c * sg.c + w * sg.w]), &ga, &gb);
+          ra[c * sa.c + w * sa.w] = IO::store(ga);
+          rb[c * sb.c + w * sb.w] = IO::store(gb);
+        }
       }
     }
   });
