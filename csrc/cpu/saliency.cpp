@@ -58,6 +58,41 @@ void separable_taps(float* s0, int64_t h, int64_t w, const float* taps, int64_t 
   }
 }
 
+// The minimum and maximum of p[0, n) into *lo, *hi (FLT_MAX / -FLT_MAX when there is none), in
+// 8 lanes: a serial min / max chain is latency bound (it was a quarter of saliency_map's time).
+// Exact in any order, and a NaN is skipped in a lane as std::min / std::max skip it in a serial
+// loop; only the sign of a zero extremum could depend on the order (+0 and -0 compare equal).
+// always_inline: expanded in each AVX2 clone that calls it.
+__attribute__((always_inline)) inline void min_max_lanes(const float* __restrict__ p, int64_t n,
+                                                         float* lo, float* hi) {
+  float l[8], h[8];
+  for (int j = 0; j < 8; ++j) l[j] = FLT_MAX, h[j] = -FLT_MAX;
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    for (int j = 0; j < 8; ++j) {
+      l[j] = std::min(l[j], p[k + j]);
+      h[j] = std::max(h[j], p[k + j]);
+    }
+  }
+  for (; k < n; ++k) l[0] = std::min(l[0], p[k]), h[0] = std::max(h[0], p[k]);
+  for (int j = 1; j < 8; ++j) l[0] = std::min(l[0], l[j]), h[0] = std::max(h[0], h[j]);
+  *lo = l[0];
+  *hi = h[0];
+}
+
+MEDMIX_CPU_CLONES void min_max_run(const float* __restrict__ p, int64_t n, float* lo, float* hi) {
+  min_max_lanes(p, n, lo, hi);
+}
+
+// normalize_value over a row (its flat-map test hoisted: lo and hi are the sample's).
+MEDMIX_CPU_CLONES void normalize_row(float* __restrict__ po, int64_t W, float lo, float hi) {
+  if (is_flat(lo, hi)) {
+    std::fill(po, po + W, 0.f);
+    return;
+  }
+  for (int64_t k = 0; k < W; ++k) po[k] = (po[k] - lo) / (hi - lo);
+}
+
 // Source values of sample bi into a [h, w] map (row-wise, channels outside, when possible).
 template <typename T>
 void source_map(const T* p0, int64_t mode, int64_t si, int64_t sj, int64_t sc, int64_t C,
@@ -148,14 +183,10 @@ void saliency_map_impl(const at::Tensor& src, int64_t mode, const at::Tensor& we
       }
       if (round_out)
         for (int64_t k = 0; k < n_out; ++k) o[k] = std::nearbyint(o[k]);
-      float lo = FLT_MAX, hi = -FLT_MAX;
-      for (int64_t k = 0; k < n_out; ++k) {
-        lo = std::min(lo, o[k]);
-        hi = std::max(hi, o[k]);
-      }
+      float lo, hi;
+      min_max_run(o, n_out, &lo, &hi);
       pf[bi] = is_flat(lo, hi);
-      if (normalize)
-        for (int64_t k = 0; k < n_out; ++k) o[k] = normalize_value(o[k], lo, hi);
+      if (normalize) normalize_row(o, n_out, lo, hi);  // (normalize_value over the map)
     }
   });
 }
@@ -297,36 +328,14 @@ MEDMIX_CPU_CLONES void row_on_off_max(const double* __restrict__ on, const doubl
 }
 
 // po[k] = on[k] / mon + off[k] / moff in float (a zero maximum contributes 0), and the row's
-// min / max into *lo, *hi. In a clone of its own, the divisions vectorise; min and max run in 8
-// lanes (exact in any order: the values are >= +0, never NaN).
+// min / max into *lo, *hi. In a clone of its own, the divisions vectorise.
 MEDMIX_CPU_CLONES void combine_on_off(const double* __restrict__ on, const double* __restrict__ off,
                                       double mon, double moff, int64_t W, float* __restrict__ po,
                                       float* lo, float* hi) {
   const bool use_on = mon > 0, use_off = moff > 0;
   for (int64_t k = 0; k < W; ++k)
     po[k] = static_cast<float>((use_on ? on[k] / mon : 0.0) + (use_off ? off[k] / moff : 0.0));
-  float l[8], h[8];
-  for (int j = 0; j < 8; ++j) l[j] = FLT_MAX, h[j] = -FLT_MAX;
-  int64_t k = 0;
-  for (; k + 8 <= W; k += 8) {
-    for (int j = 0; j < 8; ++j) {
-      l[j] = std::min(l[j], po[k + j]);
-      h[j] = std::max(h[j], po[k + j]);
-    }
-  }
-  for (; k < W; ++k) l[0] = std::min(l[0], po[k]), h[0] = std::max(h[0], po[k]);
-  for (int j = 1; j < 8; ++j) l[0] = std::min(l[0], l[j]), h[0] = std::max(h[0], h[j]);
-  *lo = l[0];
-  *hi = h[0];
-}
-
-// normalize_value over a row (its flat-map test hoisted: lo and hi are the sample's).
-MEDMIX_CPU_CLONES void normalize_row(float* __restrict__ po, int64_t W, float lo, float hi) {
-  if (is_flat(lo, hi)) {
-    std::fill(po, po + W, 0.f);
-    return;
-  }
-  for (int64_t k = 0; k < W; ++k) po[k] = (po[k] - lo) / (hi - lo);
+  min_max_lanes(po, W, lo, hi);
 }
 
 // The integral image of one sample's grey map [H, W]: S [H + 1, W + 1] in float64, S[y][x] =
