@@ -303,7 +303,7 @@ def test_cpu_hot_loops_are_vectorised_and_fma_free():
             found = [n for n in clones if span in n]
             assert found and vector_ops[found[0]] >= 2, f"the AVX2 clone of {span} is scalar: {found}"
     # the blurs' passes (gaussian_blend's mask, the saliency maps' taps), float and double
-    for loop in ("combine_on_off", "normalize_row", "row_on_off_max", "min_max_run",  # (saliency passes)
+    for loop in ("combine_on_off", "normalize_row", "row_on_off_max", "min_max_run", "lerp_rows",  # (saliency passes)
                  "add_rows",  # (patch_ratio_pool's column sums of a band of rows)
                  "blend_grad_run<medmix::PixelIO<float>", "blend_grad_run<medmix::PixelIO<c10::BFloat16>",
                  "weighted_rows<float>", "weighted_rows<double>"):

@@ -26,13 +26,24 @@ namespace {
 
 // Per output row / column: the two source indices and the weight of the second (PyTorch's
 // align_corners=False arithmetic, computed once per call).
+// used[i]: whether any output reads input index i.
 struct BilinearTable {
   std::vector<int64_t> i0, i1;
   std::vector<float> l1;
-  BilinearTable(int64_t in, int64_t out) : i0(out), i1(out), l1(out) {
-    for (int64_t o = 0; o < out; ++o) bilinear_coord(o, in, out, &i0[o], &i1[o], &l1[o]);
+  std::vector<char> used;
+  BilinearTable(int64_t in, int64_t out) : i0(out), i1(out), l1(out), used(in, 0) {
+    for (int64_t o = 0; o < out; ++o) {
+      bilinear_coord(o, in, out, &i0[o], &i1[o], &l1[o]);
+      used[i0[o]] = used[i1[o]] = 1;
+    }
   }
 };
+
+// dst[x] = (1 - l) * a[x] + l * b[x]: bilinear_sample's blend of two resized rows.
+MEDMIX_CPU_CLONES void lerp_rows(const float* __restrict__ a, const float* __restrict__ b, float l,
+                                 float* __restrict__ dst, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) dst[x] = (1.f - l) * a[x] + l * b[x];
+}
 
 // Blurs s0 [h, w] in place with the separable taps (horizontal, then vertical).
 void separable_taps(float* s0, int64_t h, int64_t w, const float* taps, int64_t T,
@@ -141,7 +152,7 @@ void saliency_map_impl(const at::Tensor& src, int64_t mode, const at::Tensor& we
   const BilinearTable rows(h, out_h), cols(w, out_w);
   const bool round_out = quantize && !normalize;
   at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> map(direct ? 0 : h * w), row, tmp;
+    std::vector<float> map(direct ? 0 : h * w), row, tmp, hz;
     for (int64_t bi = begin; bi < end; ++bi) {
       float* o = po + bi * n_out;
       if (pg && !pg[bi]) {
@@ -168,17 +179,23 @@ void saliency_map_impl(const at::Tensor& src, int64_t mode, const at::Tensor& we
         if (!resize) {
           std::copy(map.begin(), map.end(), o);
         } else {
-          for (int64_t y = 0; y < out_h; ++y) {
-            const float* r0 = map.data() + rows.i0[y] * w;
-            const float* r1 = map.data() + rows.i1[y] * w;
-            const float ly = rows.l1[y];
+          // bilinear_sample in two passes: each source row that an output row reads is
+          // resized along x once (its `top` / `bot` values), then every output row is one
+          // vector blend of two of them. Per output pixel it had gathered four values and
+          // resized both rows again: scalar code. The same operations, so the same bits.
+          hz.resize(h * out_w);
+          for (int64_t i = 0; i < h; ++i) {
+            if (!rows.used[i]) continue;
+            const float* r = map.data() + i * w;
+            float* t = hz.data() + i * out_w;
             for (int64_t x = 0; x < out_w; ++x) {
               const float lx = cols.l1[x];
-              const float top = (1.f - lx) * r0[cols.i0[x]] + lx * r0[cols.i1[x]];
-              const float bot = (1.f - lx) * r1[cols.i0[x]] + lx * r1[cols.i1[x]];
-              o[y * out_w + x] = (1.f - ly) * top + ly * bot;
+              t[x] = (1.f - lx) * r[cols.i0[x]] + lx * r[cols.i1[x]];
             }
           }
+          for (int64_t y = 0; y < out_h; ++y)
+            lerp_rows(hz.data() + rows.i0[y] * out_w, hz.data() + rows.i1[y] * out_w, rows.l1[y],
+                      o + y * out_w, out_w);
         }
       }
       if (round_out)
