@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
 #include <tuple>
 #include <vector>
 
@@ -429,6 +430,19 @@ const acc_t* channels_last_weights(const acc_t* alpha, int64_t W, int64_t C) {
   return buf.data();
 }
 
+// How the forward and backward loops walk a row of tensors with these strides: as C rows of
+// unit stride (NCHW), as one row of W * C elements (channels_last: the weights repeated per
+// channel), or pixel by pixel (any other strides, a broadcast gradient included).
+enum class RowLayout { kPlanes, kChannelsLast, kStrided };
+inline RowLayout row_layout(int64_t C, std::initializer_list<Strides4> strides) {
+  bool planes = true, channels_last = true;
+  for (const Strides4& s : strides) {
+    planes = planes && s.w == 1;
+    channels_last = channels_last && s.c == 1 && s.w == C;
+  }
+  return planes ? RowLayout::kPlanes : channels_last ? RowLayout::kChannelsLast : RowLayout::kStrided;
+}
+
 // The backward of a run (blend_pixel_grad): ga = alpha * g, gb = (1 - alpha) * g.
 template <typename IO, typename acc_t = typename IO::acc_t, typename T = typename IO::scalar>
 MEDMIX_CPU_CLONES void blend_grad_run(const acc_t* __restrict__ alpha, const T* __restrict__ g,
@@ -455,9 +469,7 @@ void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& m
   acc_t* palpha = alpha_out ? alpha_out->data_ptr<acc_t>() : nullptr;
   // Row sums in double, reduced below in a fixed order: lam is identical for any thread count.
   std::vector<double> row_sums(B * H);
-  const bool rows_dense = sa.w == 1 && sb.w == 1 && so.w == 1;
-  // channels_last (NHWC) rows: W * C contiguous elements, pixel-major
-  const bool rows_hwc = sa.c == 1 && sb.c == 1 && so.c == 1 && sa.w == C && sb.w == C && so.w == C;
+  const RowLayout layout = row_layout(C, {sa, sb, so});
 
   for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, partner_chain_order(B, b_rows),
                             [&](int64_t bi, int64_t h, const acc_t* __restrict__ alpha) {
@@ -466,11 +478,11 @@ void blend_forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& m
     const scalar_t* ra = pa + bi * sa.n + h * sa.h;
     const scalar_t* rb = pb + (b_rows ? b_rows[bi] : bi) * sb.n + h * sb.h;
     scalar_t* ro = po + bi * so.n + h * so.h;
-    if (rows_dense) {  // NCHW: channel-major, unit-stride inner loop
+    if (layout == RowLayout::kPlanes) {  // NCHW: channel-major, unit-stride inner loop
       // (the output never aliases the inputs, a fresh tensor: blend_run's restrict holds)
       for (int64_t c = 0; c < C; ++c)
         blend_run<IO>(alpha, ra + c * sa.c, rb + c * sb.c, ro + c * so.c, W);
-    } else if (rows_hwc) {
+    } else if (layout == RowLayout::kChannelsLast) {
       // channels_last: the row's weights repeated per channel, then one unit-stride blend over
       // its W * C elements. (The strided pixel-major loop below is scalar: a sigma = 0 blend
       // of channels_last images took 10x the time of NCHW ones.)
@@ -503,18 +515,17 @@ void blend_backward(const at::Tensor& grad_out, const at::Tensor& mask, const at
   const scalar_t* pg = grad_out.data_ptr<scalar_t>();
   scalar_t* pa = grad_a.data_ptr<scalar_t>();
   scalar_t* pb = grad_b.data_ptr<scalar_t>();
-  // the forward's row layouts (grad_a / grad_b are empty_like(grad_out): the same strides);
-  // their unit-stride runs vectorise, where the strided loop was scalar
-  const bool rows_dense = sg.w == 1 && sa.w == 1 && sb.w == 1;
-  const bool rows_hwc = sg.c == 1 && sa.c == 1 && sb.c == 1 && sg.w == C && sa.w == C && sb.w == C;
+  // the forward's row layouts: their unit-stride runs vectorise, where the strided loop was
+  // scalar (grad_a / grad_b are empty_like(grad_out), dense even where grad_out is broadcast)
+  const RowLayout layout = row_layout(C, {sg, sa, sb});
   for_each_alpha_row<acc_t>(mask, sigma, max_radius, C, partner_chain_order(grad_out.size(0), nullptr),
                             [&](int64_t bi, int64_t h, const acc_t* alpha) {
     const scalar_t* rg = pg + bi * sg.n + h * sg.h;
     scalar_t* ra = pa + bi * sa.n + h * sa.h;
     scalar_t* rb = pb + bi * sb.n + h * sb.h;
-    if (rows_dense) {
+    if (layout == RowLayout::kPlanes) {
       for (int64_t c = 0; c < C; ++c) blend_grad_run<IO>(alpha, rg + c * sg.c, ra + c * sa.c, rb + c * sb.c, W);
-    } else if (rows_hwc) {
+    } else if (layout == RowLayout::kChannelsLast) {
       blend_grad_run<IO>(channels_last_weights(alpha, W, C), rg, ra, rb, W * C);
     } else {
       for (int64_t c = 0; c < C; ++c) {
