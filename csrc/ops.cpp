@@ -59,16 +59,18 @@ TORCH_LIBRARY(medmix, m) {
   // int32 [B, 256] histogram of A over [0, 1] (for Otsu thresholds).
   m.def("adm_histogram(Tensor x, Tensor x_hat, Tensor minmax) -> Tensor");
   // VariMix bidirectional mix with K = A >= lam[b]: x_src = K x + (1 - K) x[perm],
+  // the range (m, M) of each sample's A computed inside (no minmax argument that could
+  // disagree with x / x_hat; the CPU kernel takes a sample's range and mix while it is cached),
   // x_ref = K x[perm] + (1 - K) x, written into one [2B, C, H, W] tensor `mixed` (rows [0, B)
   // x_src, rows [B, 2B) x_ref: VariMix's output batch, with no concatenation copy) in x's
   // memory format; count [B, chunks] int32 of K pixels; mask = K as float32 [B, 1, H, W] when
   // write_mask, else an empty tensor.
   m.def(
-      "adm_mix(Tensor x, Tensor x_hat, Tensor perm, Tensor minmax, Tensor lam, bool write_mask) "
+      "adm_mix(Tensor x, Tensor x_hat, Tensor perm, Tensor lam, bool write_mask) "
       "-> (Tensor mixed, Tensor count, Tensor mask)");
   // adm_mix into a caller's [2B, C, H, W] tensor (any strides, no memory shared with x or
   // x_hat): reusing one output buffer saves the page faults of a fresh one on every batch.
   m.def(
-      "adm_mix_out(Tensor x, Tensor x_hat, Tensor perm, Tensor minmax, Tensor lam, bool write_mask, "
+      "adm_mix_out(Tensor x, Tensor x_hat, Tensor perm, Tensor lam, bool write_mask, "
       "Tensor(a!) mixed) -> (Tensor count, Tensor mask)");
 }

@@ -202,6 +202,38 @@ def test_adm_mix_into_out(device_backend, layout):
         assert (out._base[:, 0] == -1).all() and (out._base[..., 0] == -1).all()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_cpu_per_sample_and_two_pass_paths_agree(layout):
+    """With >= 4 samples a thread the CPU kernel takes each sample's range and mix in one task
+    (while the sample is cached), with fewer it runs two passes over (sample, chunk) tasks:
+    both give the mask of the definition, bit for bit, flat samples included."""
+    shape = (9, 3, 70, 61)  # two chunks a sample
+    x, x_hat = pair(shape, torch.float32, "cpu", seed=11, channels_last=layout == "channels_last")
+    if layout == "sliced":
+        x, x_hat = torch.cat([x, x], 3)[..., ::2], torch.cat([x_hat, x_hat], 3)[..., ::2]
+    x_hat[4] = x[4]  # a flat sample: empty mask
+    x_hat[7] = x[7] + 0.25  # flat up to rounding
+    x_hat[0, 2, -1, -1] += 3.0  # the max of D at a sample's very last pixel and channel
+    x_hat[5, 0, -1, -1] = x[5, 0, -1, -1] - 2.0
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(2))
+    lam = torch.linspace(0.2, 0.6, 9)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 3):  # 9 samples on 1 thread: per sample; on 3 threads: two passes
+            torch.set_num_threads(n)
+            runs.append(adm_mix(x, x_hat, perm, lam, stacked=True, return_mask=True, backend="cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    mask, area = adm_mask(x, x_hat, lam, backend="reference")
+    k = mask.bool().expand_as(x)
+    want = torch.cat([torch.where(k, x, x[perm]), torch.where(k, x[perm], x)])
+    assert not mask[4].any() and not mask[7].any() and mask.any()
+    for mixed, lams, written in runs:
+        assert torch.equal(written, mask) and torch.equal(mixed, want)
+        assert torch.allclose(lams, 1 - area)
+
+
 def test_cpu_is_deterministic():
     x, x_hat = pair((4, 3, 90, 90), torch.float32, "cpu")
     perm = torch.randperm(4, generator=torch.Generator().manual_seed(0))
@@ -223,13 +255,13 @@ def test_opcheck(kernel_backend):
     torch.library.opcheck(ns.adm_apply.default, (x, x_hat, mm, thr, True))
     torch.library.opcheck(ns.adm_histogram.default, (x, x_hat, mm))
     perm = torch.tensor([1, 0], device=device)
-    torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, mm, thr, False))
-    torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, mm, thr, True))
+    torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, thr, False))
+    torch.library.opcheck(ns.adm_mix.default, (x, x_hat, perm, thr, True))
     # the [2B] output follows x into channels_last, in the fake kernel too
     cl = [t.contiguous(memory_format=torch.channels_last) for t in (x, x_hat)]
-    torch.library.opcheck(ns.adm_mix.default, (*cl, perm, mm, thr, False))
+    torch.library.opcheck(ns.adm_mix.default, (*cl, perm, thr, False))
     out = torch.empty(4, 3, 9, 11, device=device)
-    torch.library.opcheck(ns.adm_mix_out.default, (x, x_hat, perm, mm, thr, True, out))
+    torch.library.opcheck(ns.adm_mix_out.default, (x, x_hat, perm, thr, True, out))
 
 
 def test_torch_compile_fullgraph(device_backend):
@@ -299,13 +331,11 @@ def test_out_sharing_memory_with_the_input_is_refused():
     x, x_hat = buf[:2], torch.rand(2, 3, 8, 8)
     with pytest.raises(ValueError, match="must not share memory with x or x_hat"):
         adm_mix(x, x_hat, torch.tensor([1, 0]), 0.5, out=buf)
-    mm = torch.ops.medmix.adm_minmax(x, x_hat)
     with pytest.raises(RuntimeError, match="must not share memory"):  # the raw op checks it too
-        torch.ops.medmix.adm_mix_out(x, x_hat, torch.tensor([1, 0]), mm, torch.zeros(2), False, buf)
+        torch.ops.medmix.adm_mix_out(x, x_hat, torch.tensor([1, 0]), torch.zeros(2), False, buf)
 
 
 def test_raw_op_refuses_out_of_range_perm():
     x = torch.rand(2, 1, 4, 4)
-    mm = torch.ops.medmix.adm_minmax(x, x)
     with pytest.raises(RuntimeError, match="outside"):
-        torch.ops.medmix.adm_mix(x, x, torch.tensor([0, 5]), mm, torch.zeros(2), False)
+        torch.ops.medmix.adm_mix(x, x, torch.tensor([0, 5]), torch.zeros(2), False)

@@ -42,11 +42,11 @@ inline at::Tensor adm_mixed_output(const at::Tensor& x) {
 // adm_mix into a new [2B] tensor through a backend's adm_mix_out (its kernel launcher).
 template <typename MixOut>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_into_new(
-    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm, const at::Tensor& minmax,
-    const at::Tensor& lam, bool write_mask, MixOut mix_out) {
+    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm, const at::Tensor& lam,
+    bool write_mask, MixOut mix_out) {
   check_adm_images(x, x_hat, "medmix::adm_mix");
   auto mixed = adm_mixed_output(x);
-  auto [count, mask] = mix_out(x, x_hat, perm, minmax, lam, write_mask, mixed);
+  auto [count, mask] = mix_out(x, x_hat, perm, lam, write_mask, mixed);
   return {mixed, count, mask};
 }
 

@@ -108,6 +108,28 @@ MEDMIX_CPU_CLONES int32_t threshold_chunk(const float* __restrict__ acc, float t
   return count;
 }
 
+// lo / hi of |x_hat - x| over the pixels [k0, k1) of sample bi, every channel. Min and max do
+// not depend on the order they see the values in (NaN never wins either), so any split of a
+// sample into chunks gives the same per-sample range bits.
+template <typename T>
+void chunk_range(const T* px, const Strides4& sx, const T* ph, const Strides4& sh, bool fast,
+                 int64_t C, int64_t W, int64_t bi, int64_t k0, int64_t k1, float* lo, float* hi) {
+  if (fast) {
+    for (int64_t c = 0; c < C; ++c)
+      chunk_minmax(px + bi * sx.n + c * sx.c + k0, ph + bi * sh.n + c * sh.c + k0, k1 - k0, lo, hi);
+    return;
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t y = k / W, xx = k % W;
+    for (int64_t c = 0; c < C; ++c) {
+      const float d = std::fabs(static_cast<float>(ph[sh.at(bi, y, xx) + c * sh.c]) -
+                                static_cast<float>(px[sx.at(bi, y, xx) + c * sx.c]));
+      *lo = std::min(*lo, d);
+      *hi = std::max(*hi, d);
+    }
+  }
+}
+
 at::Tensor adm_minmax_cpu(const at::Tensor& x, const at::Tensor& x_hat) {
   check_adm_images(x, x_hat, "medmix::adm_minmax");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
@@ -122,22 +144,8 @@ at::Tensor adm_minmax_cpu(const at::Tensor& x, const at::Tensor& x_hat) {
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bi = task / T, k0 = (task % T) * kAdmChunk;
-        int64_t k1 = std::min(k0 + kAdmChunk, H * W);
         float lo = FLT_MAX, hi = -FLT_MAX;
-        if (fast) {
-          for (int64_t c = 0; c < C; ++c)
-            chunk_minmax(px + bi * sx.n + c * sx.c + k0, ph + bi * sh.n + c * sh.c + k0, k1 - k0, &lo, &hi);
-          k1 = k0;  // done
-        }
-        for (int64_t k = k0; k < k1; ++k) {
-          const int64_t y = k / W, xx = k % W;
-          for (int64_t c = 0; c < C; ++c) {
-            const float d = std::fabs(static_cast<float>(ph[sh.at(bi, y, xx) + c * sh.c]) -
-                                      static_cast<float>(px[sx.at(bi, y, xx) + c * sx.c]));
-            lo = std::min(lo, d);
-            hi = std::max(hi, d);
-          }
-        }
+        chunk_range(px, sx, ph, sh, fast, C, W, bi, k0, std::min(k0 + kAdmChunk, H * W), &lo, &hi);
         po[task * 2] = lo;
         po[task * 2 + 1] = hi;
       }
@@ -236,80 +244,105 @@ at::Tensor adm_histogram_cpu(const at::Tensor& x, const at::Tensor& x_hat, const
   return hist;
 }
 
+// Samples per thread above which adm_mix runs one task per sample (its range, then its mix,
+// while the sample's x and x_hat are still in this core's cache); below it, too few samples
+// to share out evenly, the ranges and the mix are two passes over (sample, chunk) tasks.
+constexpr int64_t kAdmSamplesPerThread = 4;
+
 std::tuple<at::Tensor, at::Tensor> adm_mix_out_cpu(
     const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm_in,
-    const at::Tensor& minmax_in, const at::Tensor& lam_in, bool write_mask, at::Tensor& mixed) {
+    const at::Tensor& lam_in, bool write_mask, at::Tensor& mixed) {
   check_adm_images(x, x_hat, "medmix::adm_mix");
   check_adm_mixed(x, x_hat, mixed, "medmix::adm_mix_out");
-  check_adm_minmax(x, minmax_in, "medmix::adm_mix");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   check_per_sample(lam_in, B, "lam", "medmix::adm_mix");
   TORCH_CHECK(perm_in.dim() == 1 && perm_in.size(0) == B && perm_in.scalar_type() == at::kLong,
               "medmix::adm_mix: perm must be int64 [", B, "], got ", perm_in.scalar_type(), " ", perm_in.sizes());
-  const auto perm = perm_in.contiguous(), minmax = minmax_in.contiguous(), lam = lam_in.contiguous();
+  const auto perm = perm_in.contiguous(), lam = lam_in.contiguous();
   const int64_t* pp = perm.data_ptr<int64_t>();
   for (int64_t i = 0; i < B; ++i)
     TORCH_CHECK(pp[i] >= 0 && pp[i] < B, "medmix::adm_mix: perm[", i, "] = ", pp[i], " is outside [0, ", B, ")");
   const int64_t T = adm_chunks(H, W);
+  const bool per_sample = B >= kAdmSamplesPerThread * at::get_num_threads();
+  // the two-pass split needs every chunk's range first
+  const auto minmax = per_sample ? at::Tensor() : adm_minmax_cpu(x, x_hat);
   auto x_src = mixed.narrow(0, 0, B), x_ref = mixed.narrow(0, B, B);
   auto count = at::empty({B, T}, x.options().dtype(at::kInt));
   auto mask = at::empty(write_mask ? at::IntArrayRef{B, 1, H, W} : at::IntArrayRef{0},
                         x.options().dtype(at::kFloat));
   float* pk = write_mask ? mask.data_ptr<float>() : nullptr;
-  const float* pm = minmax.data_ptr<float>();
   const float* pl = lam.data_ptr<float>();
   int32_t* pc = count.data_ptr<int32_t>();
   const Strides4 sx = strides_of(x), sh = strides_of(x_hat), ss = strides_of(x_src), sr = strides_of(x_ref);
-  const bool fast = is_planar(x) && is_planar(x_hat) && is_planar(x_src) && is_planar(x_ref);
+  const bool fast_in = is_planar(x) && is_planar(x_hat);
+  const bool fast = fast_in && is_planar(x_src) && is_planar(x_ref);
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_mix", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();
     scalar_t* ps = x_src.data_ptr<scalar_t>();
     scalar_t* pr = x_ref.data_ptr<scalar_t>();
+    // K over chunk t of sample bi, both outputs written through it; K's pixel count in pc.
+    auto mix_chunk = [&](int64_t bi, int64_t t, float lo, float range, float* acc, uint8_t* on_mask) {
+      const int64_t k0 = t * kAdmChunk;
+      int64_t k1 = std::min(k0 + kAdmChunk, H * W);
+      const int64_t pj = pp[bi];
+      int32_t n = 0;
+      if (fast) {
+        const int64_t len = k1 - k0;
+        if (range > 0.f) {
+          chunk_score(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, len, lo, range, acc);
+        } else {
+          std::fill(acc, acc + len, -1.f);  // flat sample: empty mask
+        }
+        n = threshold_chunk(acc, pl[bi], on_mask, len);
+        if (pk)
+          for (int64_t k = 0; k < len; ++k) pk[bi * H * W + k0 + k] = on_mask[k] ? 1.f : 0.f;
+        // Bit selects: `cond ? own : other` compiles to a branch that mispredicts on the
+        // random mask (~5x slower here).
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* own = px + bi * sx.n + c * sx.c + k0;
+          const scalar_t* other = px + pj * sx.n + c * sx.c + k0;
+          select_rows(on_mask, own, other, ps + bi * ss.n + c * ss.c + k0, len);
+          select_rows(on_mask, other, own, pr + bi * sr.n + c * sr.c + k0, len);
+        }
+        k1 = k0;  // done
+      }
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t y = k / W, xx = k % W;
+        const bool on = range > 0.f &&
+                        adm_score(px + sx.at(bi, y, xx), sx.c, ph + sh.at(bi, y, xx), sh.c, C, lo, range) >= pl[bi];
+        n += on;
+        if (pk) pk[bi * H * W + k] = on ? 1.f : 0.f;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t own = px[sx.at(bi, y, xx) + c * sx.c];
+          const scalar_t other = px[sx.at(pj, y, xx) + c * sx.c];
+          ps[ss.at(bi, y, xx) + c * ss.c] = on ? own : other;  // K x + (1 - K) x[perm]
+          pr[sr.at(bi, y, xx) + c * sr.c] = on ? other : own;  // K x[perm] + (1 - K) x
+        }
+      }
+      pc[bi * T + t] = n;
+    };
+    if (per_sample) {
+      at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> acc(kAdmChunk);
+        std::vector<uint8_t> on_mask(kAdmChunk);
+        for (int64_t bi = begin; bi < end; ++bi) {
+          float lo = FLT_MAX, hi = -FLT_MAX;
+          chunk_range(px, sx, ph, sh, fast_in, C, W, bi, 0, H * W, &lo, &hi);
+          const float range = is_flat(lo, hi) ? 0.f : hi - lo;
+          for (int64_t t = 0; t < T; ++t) mix_chunk(bi, t, lo, range, acc.data(), on_mask.data());
+        }
+      });
+      return;
+    }
+    const float* pm = minmax.data_ptr<float>();
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> acc(kAdmChunk);
       std::vector<uint8_t> on_mask(kAdmChunk);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t bi = task / T, k0 = (task % T) * kAdmChunk;
-        int64_t k1 = std::min(k0 + kAdmChunk, H * W);
-        const int64_t pj = pp[bi];
         float lo, range;
-        sample_range(pm, T, bi, &lo, &range);
-        int32_t n = 0;
-        if (fast) {
-          const int64_t len = k1 - k0;
-          if (range > 0.f) {
-            chunk_score(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, len, lo, range, acc.data());
-          } else {
-            std::fill(acc.begin(), acc.begin() + len, -1.f);  // flat sample: empty mask
-          }
-          n = threshold_chunk(acc.data(), pl[bi], on_mask.data(), len);
-          if (pk)
-            for (int64_t k = 0; k < len; ++k) pk[bi * H * W + k0 + k] = on_mask[k] ? 1.f : 0.f;
-          // Bit selects: `cond ? own : other` compiles to a branch that mispredicts on the
-          // random mask (~5x slower here).
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* own = px + bi * sx.n + c * sx.c + k0;
-            const scalar_t* other = px + pj * sx.n + c * sx.c + k0;
-            select_rows(on_mask.data(), own, other, ps + bi * ss.n + c * ss.c + k0, len);
-            select_rows(on_mask.data(), other, own, pr + bi * sr.n + c * sr.c + k0, len);
-          }
-          k1 = k0;  // done
-        }
-        for (int64_t k = k0; k < k1; ++k) {
-          const int64_t y = k / W, xx = k % W;
-          const bool on = range > 0.f &&
-                          adm_score(px + sx.at(bi, y, xx), sx.c, ph + sh.at(bi, y, xx), sh.c, C, lo, range) >= pl[bi];
-          n += on;
-          if (pk) pk[bi * H * W + k] = on ? 1.f : 0.f;
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t own = px[sx.at(bi, y, xx) + c * sx.c];
-            const scalar_t other = px[sx.at(pj, y, xx) + c * sx.c];
-            ps[ss.at(bi, y, xx) + c * ss.c] = on ? own : other;  // K x + (1 - K) x[perm]
-            pr[sr.at(bi, y, xx) + c * sr.c] = on ? other : own;  // K x[perm] + (1 - K) x
-          }
-        }
-        pc[task] = n;
+        sample_range(pm, T, task / T, &lo, &range);
+        mix_chunk(task / T, task % T, lo, range, acc.data(), on_mask.data());
       }
     });
   });
@@ -317,9 +350,9 @@ std::tuple<at::Tensor, at::Tensor> adm_mix_out_cpu(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cpu(
-    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm, const at::Tensor& minmax,
-    const at::Tensor& lam, bool write_mask) {
-  return adm_mix_into_new(x, x_hat, perm, minmax, lam, write_mask, adm_mix_out_cpu);
+    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm, const at::Tensor& lam,
+    bool write_mask) {
+  return adm_mix_into_new(x, x_hat, perm, lam, write_mask, adm_mix_out_cpu);
 }
 
 }  // namespace

@@ -208,10 +208,9 @@ at::Tensor adm_histogram_cuda(const at::Tensor& x, const at::Tensor& x_hat, cons
 
 std::tuple<at::Tensor, at::Tensor> adm_mix_out_cuda(
     const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm_in,
-    const at::Tensor& minmax_in, const at::Tensor& lam_in, bool write_mask, at::Tensor& mixed) {
+    const at::Tensor& lam_in, bool write_mask, at::Tensor& mixed) {
   check_adm_images(x, x_hat, "medmix::adm_mix");
   check_adm_mixed(x, x_hat, mixed, "medmix::adm_mix_out");
-  check_adm_minmax(x, minmax_in, "medmix::adm_mix");
   const int64_t B = x.size(0), H = x.size(2), W = x.size(3), T = adm_chunks(H, W);
   check_per_sample(lam_in, B, "lam", "medmix::adm_mix");
   TORCH_CHECK(perm_in.dim() == 1 && perm_in.size(0) == B && perm_in.scalar_type() == at::kLong &&
@@ -219,7 +218,8 @@ std::tuple<at::Tensor, at::Tensor> adm_mix_out_cuda(
               "medmix::adm_mix: perm must be int64 [", B, "] on x's device, got ", perm_in.sizes());
   TORCH_CHECK(x.is_cuda(), "medmix::adm_mix (CUDA kernel) got a ", x.device(), " tensor");
   const c10::cuda::CUDAGuard guard(x.device());
-  const auto perm = perm_in.contiguous(), minmax = minmax_in.contiguous(), lam = lam_in.contiguous();
+  const auto perm = perm_in.contiguous(), lam = lam_in.contiguous();
+  const auto minmax = adm_minmax_cuda(x, x_hat);  // kernel 1: per-chunk ranges (kernel 2 mixes)
   auto x_src = mixed.narrow(0, 0, B), x_ref = mixed.narrow(0, B, B);
   auto count = at::empty({B, T}, x.options().dtype(at::kInt));
   auto mask = at::empty(write_mask ? at::IntArrayRef{B, 1, H, W} : at::IntArrayRef{0},
@@ -237,9 +237,9 @@ std::tuple<at::Tensor, at::Tensor> adm_mix_out_cuda(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> adm_mix_cuda(
-    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm, const at::Tensor& minmax,
-    const at::Tensor& lam, bool write_mask) {
-  return adm_mix_into_new(x, x_hat, perm, minmax, lam, write_mask, adm_mix_out_cuda);
+    const at::Tensor& x, const at::Tensor& x_hat, const at::Tensor& perm, const at::Tensor& lam,
+    bool write_mask) {
+  return adm_mix_into_new(x, x_hat, perm, lam, write_mask, adm_mix_out_cuda);
 }
 
 }  // namespace

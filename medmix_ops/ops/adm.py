@@ -107,11 +107,10 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
         mixed = torch.cat([x_src, x_ref]) if out is None else torch.cat([x_src, x_ref], out=out)
     else:
         ns = _backend.ops_namespace(which)
-        minmax = ns.adm_minmax(x, x_hat)
         if out is None:
-            mixed, count, mask = ns.adm_mix(x, x_hat, perm_t, minmax, lam_t, return_mask)
+            mixed, count, mask = ns.adm_mix(x, x_hat, perm_t, lam_t, return_mask)
         else:
-            count, mask = ns.adm_mix_out(x, x_hat, perm_t, minmax, lam_t, return_mask, out)
+            count, mask = ns.adm_mix_out(x, x_hat, perm_t, lam_t, return_mask, out)
             mixed = out
         lam2 = 1.0 - count.sum(dim=1).float() / (H * W)
     out = (mixed, lam2) if stacked else (mixed[:B], mixed[B:], lam2)
@@ -168,12 +167,11 @@ def _adm_histogram_triton(x: torch.Tensor, x_hat: torch.Tensor, minmax: torch.Te
 
 
 @torch.library.custom_op("medmix_triton::adm_mix", mutates_args=())
-def _adm_mix_triton(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, minmax: torch.Tensor,
-                    lam: torch.Tensor, write_mask: bool
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _adm_mix_triton(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor,
+                    write_mask: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from ..triton import adm as tk
 
-    return tk.adm_mix(x, x_hat, perm, minmax, lam, write_mask)
+    return tk.adm_mix(x, x_hat, perm, lam, write_mask)
 
 
 _backend.register_fake_both(
@@ -185,12 +183,11 @@ _backend.register_fake_both(
 _backend.register_fake_both(
     "adm_histogram", lambda x, x_hat, minmax: x.new_empty((x.shape[0], BINS), dtype=torch.int32))
 @torch.library.custom_op("medmix_triton::adm_mix_out", mutates_args=("mixed",))
-def _adm_mix_out_triton(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, minmax: torch.Tensor,
-                        lam: torch.Tensor, write_mask: bool, mixed: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def _adm_mix_out_triton(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor,
+                        write_mask: bool, mixed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from ..triton import adm as tk
 
-    return tk.adm_mix(x, x_hat, perm, minmax, lam, write_mask, mixed)[1:]
+    return tk.adm_mix(x, x_hat, perm, lam, write_mask, mixed)[1:]
 
 
 def mixed_output(x: torch.Tensor) -> torch.Tensor:
@@ -203,13 +200,13 @@ def mixed_output(x: torch.Tensor) -> torch.Tensor:
 
 
 _backend.register_fake_both(
-    "adm_mix", lambda x, x_hat, perm, minmax, lam, write_mask: (
+    "adm_mix", lambda x, x_hat, perm, lam, write_mask: (
         mixed_output(x),
         x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32),
         x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]) if write_mask else (0,),
                     dtype=torch.float32)))
 _backend.register_fake_both(
-    "adm_mix_out", lambda x, x_hat, perm, minmax, lam, write_mask, mixed: (
+    "adm_mix_out", lambda x, x_hat, perm, lam, write_mask, mixed: (
         x.new_empty((x.shape[0], _chunks(x)), dtype=torch.int32),
         x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]) if write_mask else (0,),
                     dtype=torch.float32)))

@@ -153,15 +153,17 @@ def adm_histogram(x, x_hat, minmax):
     return hist
 
 
-def adm_mix(x, x_hat, perm, minmax, lam, write_mask, mixed=None):
-    """Writes into ``mixed`` ([2B, C, H, W], any strides) when given, else a new tensor."""
+def adm_mix(x, x_hat, perm, lam, write_mask, mixed=None):
+    """Writes into ``mixed`` ([2B, C, H, W], any strides) when given, else a new tensor. Two
+    launches: the per-chunk ranges, then the mix."""
     B, T = _grid(x)
     _, C, H, W = x.shape
+    minmax = adm_minmax(x, x_hat)
     mixed = mixed_output(x) if mixed is None else mixed
     x_src, x_ref = mixed[:B], mixed[B:]
     count = torch.empty((B, T), device=x.device, dtype=torch.int32)
     mask = torch.empty((B, 1, H, W) if write_mask else (0,), device=x.device, dtype=torch.float32)
-    adm_mix_kernel[(B * T,)](x, x_hat, perm.contiguous(), minmax.contiguous(), lam.contiguous(),
+    adm_mix_kernel[(B * T,)](x, x_hat, perm.contiguous(), minmax, lam.contiguous(),
                              x_src, x_ref, count, mask if write_mask else count, B, C, H, W,
                              *x.stride(), *x_hat.stride(), *x_src.stride(), *x_ref.stride(),
                              CHUNK=CHUNK, BLOCK_T=next_pow2(T), WRITE_MASK=bool(write_mask))
