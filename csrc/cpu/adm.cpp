@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -62,8 +63,39 @@ MEDMIX_CPU_CLONES void select_rows(const uint8_t* __restrict__ mask, const T* a,
 typedef float Lanes8 __attribute__((vector_size(32)));
 typedef int32_t Ints8 __attribute__((vector_size(32)));
 
+// uint8 images: |h - x| is an exact small integer, so its min and max are taken on the bytes,
+// 32 a vector, and converted once (float(h) - float(x) is exact too: the same bits). Converting
+// every byte to float first ran one scalar conversion per pixel, compute bound.
+MEDMIX_CPU_CLONES void chunk_minmax_bytes(const uint8_t* px, const uint8_t* ph, int64_t n, float* lo, float* hi) {
+  if (n <= 0) return;  // (an empty span must not report 255 and 0)
+  typedef uint8_t Bytes32 __attribute__((vector_size(32)));
+  Bytes32 l, h;
+  for (int j = 0; j < 32; ++j) l[j] = 255, h[j] = 0;
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    Bytes32 a, b;
+    std::memcpy(&a, px + k, 32);
+    std::memcpy(&b, ph + k, 32);
+    const Bytes32 d = a > b ? a - b : b - a;
+    l = d < l ? d : l;
+    h = h < d ? d : h;
+  }
+  uint8_t lb = 255, hb = 0;
+  for (int j = 0; j < 32; ++j) lb = std::min(lb, l[j]), hb = std::max(hb, h[j]);
+  for (; k < n; ++k) {
+    const uint8_t d = px[k] > ph[k] ? px[k] - ph[k] : ph[k] - px[k];
+    lb = std::min(lb, d), hb = std::max(hb, d);
+  }
+  *lo = std::min(*lo, static_cast<float>(lb));
+  *hi = std::max(*hi, static_cast<float>(hb));
+}
+
 template <typename T>
 MEDMIX_CPU_CLONES void chunk_minmax(const T* px, const T* ph, int64_t n, float* lo, float* hi) {
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    chunk_minmax_bytes(px, ph, n, lo, hi);
+    return;
+  }
   Lanes8 l, h;
   for (int j = 0; j < kLanes; ++j) l[j] = FLT_MAX, h[j] = -FLT_MAX;
   int64_t k = 0;
