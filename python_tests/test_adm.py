@@ -339,3 +339,73 @@ def test_raw_op_refuses_out_of_range_perm():
     x = torch.rand(2, 1, 4, 4)
     with pytest.raises(RuntimeError, match="outside"):
         torch.ops.medmix.adm_mix(x, x, torch.tensor([0, 5]), torch.zeros(2), False)
+
+
+# ---- large fresh CPU outputs, recycled ------------------------------------------------------------
+
+@pytest.fixture
+def recycle_all(monkeypatch):
+    """Every CPU output recycled (the real threshold is 32 MB); a clean cache before and after."""
+    from medmix_ops.ops import adm as adm_module
+
+    monkeypatch.setattr(adm_module, "_RECYCLE_BYTES", 0)
+    adm_module.clear_output_cache()
+    yield adm_module
+    adm_module.clear_output_cache()
+
+
+def test_recycled_output_is_reused_only_once_nothing_references_it(recycle_all):
+    x, x_hat = pair((3, 3, 20, 24), torch.float32, "cpu", seed=1)
+    x2, x2_hat = pair((3, 3, 20, 24), torch.float32, "cpu", seed=2)
+    perm = torch.tensor([2, 0, 1])
+    want1 = adm_mix(x, x_hat, perm, 0.4, stacked=True, backend="cpu", validate=False)[0].clone()
+    want2 = adm_mix(x2, x2_hat, perm, 0.4, stacked=True, backend="cpu", validate=False)[0].clone()
+    recycle_all.clear_output_cache()
+    # held results are never written again: the whole stacked batch, one half, a numpy array
+    mixed, _ = adm_mix(x, x_hat, perm, 0.4, stacked=True, backend="cpu")
+    probe, _ = adm_mix(x2, x2_hat, perm, 0.4, stacked=True, backend="cpu")
+    assert torch.equal(mixed, want1) and torch.equal(probe, want2)
+    del probe
+    src, ref, _ = adm_mix(x, x_hat, perm, 0.4, backend="cpu")
+    arr = adm_mix(x, x_hat, perm, 0.4, stacked=True, backend="cpu")[0].numpy()
+    del src  # ref still holds that buffer
+    held = {t.untyped_storage().data_ptr() for t in (mixed, ref, torch.from_numpy(arr))}
+    seen = set()
+    for _ in range(4):
+        other, _ = adm_mix(x2, x2_hat, perm, 0.4, stacked=True, backend="cpu")
+        assert torch.equal(other, want2) and other.untyped_storage().data_ptr() not in held
+        seen.add(other.data_ptr())
+    assert torch.equal(mixed, want1) and torch.equal(ref, want1[3:])
+    assert torch.equal(torch.from_numpy(arr), want1)
+    assert len(seen) == 2  # the two kept buffers, alternating while `other` holds one
+    # a dropped result's memory is taken again, and the new result is right
+    del other
+    again, _ = adm_mix(x, x_hat, perm, 0.4, stacked=True, backend="cpu")
+    assert again.data_ptr() in seen and torch.equal(again, want1)
+    # a reused buffer, too, is handed out as a view: holding it counts
+    kept = [adm_mix(x2, x2_hat, perm, 0.4, stacked=True, backend="cpu") for _ in range(3)]
+    assert torch.equal(again, want1) and all(torch.equal(m, want2) for m, _ in kept)
+
+
+def test_recycled_output_follows_the_memory_format(recycle_all):
+    x, x_hat = pair((2, 3, 9, 11), torch.float32, "cpu", seed=5)
+    perm = torch.tensor([1, 0])
+    plain, _ = adm_mix(x, x_hat, perm, 0.3, stacked=True, backend="cpu")
+    ptr, want = plain.data_ptr(), plain.clone()
+    del plain
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (x, x_hat)]
+    got, _ = adm_mix(*cl, perm, 0.3, stacked=True, backend="cpu")
+    assert got.is_contiguous(memory_format=torch.channels_last) and torch.equal(got, want)
+    assert got.data_ptr() != ptr  # the contiguous buffer does not fit
+    del got
+    got, _ = adm_mix(x, x_hat, perm, 0.3, stacked=True, backend="cpu")
+    assert got.is_contiguous() and got.data_ptr() == ptr and torch.equal(got, want)
+
+
+def test_outputs_below_the_threshold_are_not_kept():
+    from medmix_ops.ops import adm as adm_module
+
+    adm_module.clear_output_cache()
+    x, x_hat = pair((2, 3, 9, 11), torch.float32, "cpu")
+    adm_mix(x, x_hat, torch.tensor([1, 0]), 0.3, backend="cpu")
+    assert getattr(adm_module._recycled, "slots", []) == []

@@ -17,8 +17,13 @@ def test_bench_rows_and_speedups(tmp_path):
     assert not ours["baseline"] and set(ours["speedup"]) >= {"reference_eager", "varimix_loop"}
     assert ours["speedup"]["varimix_loop"] == rows["varimix_loop"]["median_ms"] / ours["median_ms"]
     assert ours["p20_ms"] <= ours["median_ms"] <= ours["p80_ms"]
+    # ours and the loop also timed alone, back to back, and the table gives their ratio
+    steady = groups["adm_mix"]["back_to_back_ms"]
+    assert set(steady) == {"medmix_cpu", "medmix_cpu_out", "varimix_loop"} and min(steady.values()) > 0
     text = bench.format_table(result)
     assert "adm_mix" in text and "speed-up vs baselines" in text
+    want = f"medmix_cpu_out {steady['varimix_loop'] / steady['medmix_cpu_out']:.1f}x varimix_loop"
+    assert "back to back (each alone, steady state)" in text and want in text
     md = bench.summary_markdown(result)
     assert "| adm_mix |" in md
     path = bench.save_json(result, str(tmp_path / "r.json"))
@@ -60,6 +65,22 @@ def test_measure_interleaved_rotates_and_reports_failures():
     rounds = [calls[3 + 3 * i: 6 + 3 * i] for i in range(3)]  # after one warm-up call each
     assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]  # each goes first once
     assert all(t >= 0 for k in "abc" for t in timed[k])
+
+
+def test_measure_back_to_back_times_each_alone_after_its_warmup():
+    calls = []
+
+    def make(name):
+        return lambda: calls.append(name)
+
+    def broken():
+        raise RuntimeError("peer exploded")
+
+    out = bench.measure_back_to_back({"a": make("a"), "b": make("b"), "bad": broken}, ("a", "b", "bad", "gone"),
+                                     "cpu", budget_s=0.0, max_reps=4)
+    assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
+    n = bench.BACK_TO_BACK_WARMUP + 3  # warm-up calls, then the minimum of three timed ones
+    assert calls == ["a"] * n + ["b"] * n
 
 
 def test_measure_interleaved_counts_page_faults_per_call():

@@ -1,6 +1,8 @@
 """adm_mask / adm_mix: VariMix's absolute difference map, its thresholds and bidirectional mix."""
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from .. import _backend
@@ -81,7 +83,10 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
         out: optional ``Tensor[2B, C, H, W]`` of x's dtype and device (any strides) to write
             into, e.g. one buffer reused across batches: a fresh output's first-touch page
             faults cost more than the kernel on a CPU. It must not share memory with x or
-            x_hat; the results are views of it.
+            x_hat; the results are views of it. Without ``out``, a CPU output of 32 MB or more
+            goes into a buffer kept from an earlier call once nothing references that one any
+            more (glibc would map and fault a new one in on every call, 4x the kernel's time at
+            32 x 3 x 224^2); ``clear_output_cache()`` drops the kept buffers.
         validate: check CUDA ``perm`` / ``lam`` values (one host sync each); False skips it
             (the kernels clamp indices, so memory stays safe).
 
@@ -102,6 +107,8 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
     if out is not None:
         _check_out(x, x_hat, out)
     which = _backend.resolve(OP, backend, x.device)
+    if out is None and which == "cpu":
+        out = _recycled_output(x)  # (None: the op allocates)
     if which == "reference":
         x_src, x_ref, lam2, mask = _ref.adm_mix(x, x_hat, perm_t, lam_t)
         mixed = torch.cat([x_src, x_ref]) if out is None else torch.cat([x_src, x_ref], out=out)
@@ -115,6 +122,47 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
         lam2 = 1.0 - count.sum(dim=1).float() / (H * W)
     out = (mixed, lam2) if stacked else (mixed[:B], mixed[B:], lam2)
     return out + (mask,) if return_mask else out
+
+
+# ---- large fresh CPU outputs, recycled ---------------------------------------------------------
+# glibc serves blocks of 32 MB and more with new mappings (its mmap threshold adapts up to that
+# size only) and unmaps them on free, so a fresh [2B] output that large - 32 x 3 x 224^2 float32
+# is 38.5 MB - is faulted in page by page on every call: 12 ms a call where the kernel takes 3
+# on the 2-core VM of the committed results. Like the CUDA caching allocator, adm_mix keeps the
+# last two such outputs of each thread and writes a later call's output into one of them once
+# nothing references its memory any more (the storage's reference count, so views, numpy
+# arrays and autograd's saved tensors all count); the caller only ever gets views, never the
+# kept tensor itself. clear_output_cache() hands them back.
+_RECYCLE_BYTES = 32 * 2 ** 20
+_RECYCLE_SLOTS = 2
+_recycled = threading.local()
+_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)  # (private: absent -> off)
+
+
+def _recycled_output(x: torch.Tensor) -> torch.Tensor | None:
+    """A [2B, C, H, W] output like ``mixed_output(x)`` for a CPU call without ``out=``: a kept
+    buffer nobody else references, or a new one that is kept; None below _RECYCLE_BYTES, under
+    torch.compile or without the reference count (the op then allocates)."""
+    if (x.device.type != "cpu" or 2 * x.numel() * x.element_size() < _RECYCLE_BYTES
+            or _storage_use_count is None or torch.compiler.is_compiling()):
+        return None
+    shape = (2 * x.shape[0], *x.shape[1:])
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    slots = getattr(_recycled, "slots", [])
+    for buf in slots:
+        # 2 references: the kept tensor and the temporary storage object of this query
+        if (buf.shape == shape and buf.dtype == x.dtype
+                and buf.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+                and _storage_use_count(buf.untyped_storage()._cdata) <= 2):
+            return buf[:]
+    buf = mixed_output(x)
+    _recycled.slots = [buf, *slots][:_RECYCLE_SLOTS]
+    return buf[:]
+
+
+def clear_output_cache() -> None:
+    """Drops the large CPU outputs adm_mix keeps for reuse in this thread (see adm_mix)."""
+    _recycled.slots = []
 
 
 def _check_out(x: torch.Tensor, x_hat: torch.Tensor, out) -> None:
