@@ -402,6 +402,61 @@ def test_recycled_output_follows_the_memory_format(recycle_all):
     assert got.is_contiguous() and got.data_ptr() == ptr and torch.equal(got, want)
 
 
+def test_recycled_output_is_an_inference_tensor_exactly_where_a_new_one_would_be(recycle_all):
+    x, x_hat = pair((2, 3, 9, 11), torch.float32, "cpu", seed=6)
+    perm = torch.tensor([1, 0])
+    for first, second in ((True, False), (False, True)):
+        recycle_all.clear_output_cache()
+        with torch.inference_mode(first):
+            got, _ = adm_mix(x, x_hat, perm, 0.3, stacked=True, backend="cpu")
+        assert got.is_inference() == first
+        del got
+        with torch.inference_mode(second):
+            got, _ = adm_mix(x, x_hat, perm, 0.3, stacked=True, backend="cpu")
+        assert got.is_inference() == second
+        if not second:  # usable where autograd records, as a new output would be
+            (got * torch.ones((), requires_grad=True)).sum().backward()
+
+
+def test_output_moved_to_shared_memory_is_never_reused(recycle_all):
+    """A DataLoader worker hands its batch to the main process by moving the storage into
+    shared memory: the main process keeps reading it after the worker has dropped it."""
+    x, x_hat = pair((2, 3, 9, 11), torch.float32, "cpu", seed=7)
+    x2, x2_hat = pair((2, 3, 9, 11), torch.float32, "cpu", seed=8)
+    perm = torch.tensor([1, 0])
+    got, _ = adm_mix(x, x_hat, perm, 0.3, stacked=True, backend="cpu")
+    got.share_memory_()  # what the worker's pickler does
+    shared = torch.from_numpy(got.numpy().copy())  # stands for the main process's view
+    ptr = got.data_ptr()
+    del got
+    again, _ = adm_mix(x2, x2_hat, perm, 0.3, stacked=True, backend="cpu")
+    assert again.data_ptr() != ptr and not again.is_shared()
+    assert not any(b.is_shared() for b in recycle_all._recycled.slots)
+    assert not torch.equal(again, shared)
+
+
+def test_batches_from_a_dataloader_worker_stay_intact(recycle_all):
+    """adm_mix in a DataLoader worker's collate: every batch the main process holds keeps its
+    values while the worker makes the next ones (the worker must not write into memory it
+    has shared)."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("needs fork (the worker inherits the lowered recycling threshold)")
+    x, x_hat = pair((6, 3, 9, 11), torch.float32, "cpu", seed=9)
+
+    def collate(idx):
+        i = torch.tensor(idx)
+        return adm_mix(x[i], x_hat[i] * (1 + 0.1 * i[0]), torch.tensor([1, 0]), 0.3, stacked=True,
+                       backend="cpu")[0]
+
+    loader = torch.utils.data.DataLoader(range(6), batch_size=2, collate_fn=collate, num_workers=1,
+                                         multiprocessing_context="fork")
+    got = list(loader)  # all held at once
+    want = [collate([2 * k, 2 * k + 1]) for k in range(3)]
+    assert len(got) == 3 and all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 def test_outputs_below_the_threshold_are_not_kept():
     from medmix_ops.ops import adm as adm_module
 

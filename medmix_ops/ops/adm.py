@@ -132,7 +132,9 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
 # last two such outputs of each thread and writes a later call's output into one of them once
 # nothing references its memory any more (the storage's reference count, so views, numpy
 # arrays and autograd's saved tensors all count); the caller only ever gets views, never the
-# kept tensor itself. clear_output_cache() hands them back.
+# kept tensor itself, whose Python references the storage count does not see. Never reused:
+# a buffer moved into shared memory (another process maps it) and, outside inference mode, an
+# inference tensor (or inside it, a normal one). clear_output_cache() hands them back.
 _RECYCLE_BYTES = 32 * 2 ** 20
 _RECYCLE_SLOTS = 2
 _recycled = threading.local()
@@ -148,10 +150,14 @@ def _recycled_output(x: torch.Tensor) -> torch.Tensor | None:
         return None
     shape = (2 * x.shape[0], *x.shape[1:])
     nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    slots = getattr(_recycled, "slots", [])
+    # A buffer whose memory was moved into shared memory (a DataLoader worker sending its batch
+    # to the main process does that) is mapped by another process now: never written again.
+    slots = [buf for buf in getattr(_recycled, "slots", []) if not buf.is_shared()]
+    inference = torch.is_inference_mode_enabled()
     for buf in slots:
-        # 2 references: the kept tensor and the temporary storage object of this query
-        if (buf.shape == shape and buf.dtype == x.dtype
+        # 2 references: the kept tensor and the temporary storage object of this query; an
+        # inference tensor (made under torch.inference_mode) only where a new one would be one
+        if (buf.shape == shape and buf.dtype == x.dtype and buf.is_inference() == inference
                 and buf.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
                 and _storage_use_count(buf.untyped_storage()._cdata) <= 2):
             return buf[:]
