@@ -49,17 +49,21 @@ def test_bench_cuda_without_a_gpu_is_a_clear_error(capsys):
     assert rc == 2 and "no CUDA device is available" in capsys.readouterr().err
 
 
-def test_measure_interleaved_rotates_and_reports_failures():
-    calls = []
-
+def recording_providers(names, calls):
+    """Providers that append their name to `calls`, and one more, "bad", that raises."""
     def make(name):
         return lambda: calls.append(name)
 
     def broken():
         raise RuntimeError("peer exploded")
 
-    timed = bench.measure_interleaved({"a": make("a"), "b": make("b"), "c": make("c"), "bad": broken},
-                                      "cpu", budget_s=0.0, max_rounds=6, warmup=1)
+    return {**{n: make(n) for n in names}, "bad": broken}
+
+
+def test_measure_interleaved_rotates_and_reports_failures():
+    calls = []
+    timed = bench.measure_interleaved(recording_providers("abc", calls), "cpu", budget_s=0.0,
+                                      max_rounds=6, warmup=1)
     assert isinstance(timed["bad"], RuntimeError)
     assert all(len(timed[k]) == 3 for k in "abc")  # budget 0: the minimum of three rounds
     rounds = [calls[3 + 3 * i: 6 + 3 * i] for i in range(3)]  # after one warm-up call each
@@ -69,14 +73,7 @@ def test_measure_interleaved_rotates_and_reports_failures():
 
 def test_measure_back_to_back_times_each_alone_after_its_warmup():
     calls = []
-
-    def make(name):
-        return lambda: calls.append(name)
-
-    def broken():
-        raise RuntimeError("peer exploded")
-
-    out = bench.measure_back_to_back({"a": make("a"), "b": make("b"), "bad": broken}, ("a", "b", "bad", "gone"),
+    out = bench.measure_back_to_back(recording_providers("ab", calls), ("a", "b", "bad", "gone"),
                                      "cpu", budget_s=0.0, max_reps=4)
     assert set(out) == {"a", "b"} and all(v >= 0 for v in out.values())
     n = bench.BACK_TO_BACK_WARMUP + 3  # warm-up calls, then the minimum of three timed ones
