@@ -141,8 +141,8 @@ class MixPolicy(torch.nn.Module):
             merged = {}
             for part in parts:  # in order: a later part's entry wins (out's lam over params')
                 merged.update(part)
-            d["_last"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                          for k, v in merged.items()}
+            d["_last"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray)
+                          else v() if isinstance(v, Deferred) else v for k, v in merged.items()}
             d["_last_parts"] = None
         return d["_last"]
 
@@ -330,6 +330,7 @@ class MixPolicy(torch.nn.Module):
         """Masks follow the images: seg_a where the anchor's weight is 1, seg_b where it is 0;
         soft weights give float masks (weight-averaged)."""
         w = out["weight_a"]
+        w = w() if isinstance(w, Deferred) else w
         a = seg4[to_device(torch.as_tensor(out["index_a"]), seg4.device)]
         ib = to_device(out["index_b"], seg4.device)
         b = out.get("seg_b")
@@ -340,6 +341,23 @@ class MixPolicy(torch.nn.Module):
         else:
             mixed = w * a.float() + (1 - w) * b.float()
         return mixed[:, 0] if seg.dim() == 3 else mixed
+
+
+class Deferred:
+    """An entry of a call's `last` parts made only when read (``policy.last`` or a seg mask
+    mix): ``fn(*args)``, e.g. VariMix's [2B] weight map, a batch-sized copy that a training
+    loop never reads. fn: a module-level function (a policy pickles with its parts)."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __call__(self):
+        return self.fn(*self.args)
+
+    def __reduce__(self):
+        return Deferred, (self.fn, *self.args)
 
 
 _APPLIED = {"applied": True}  # (read-only: the first part of every applied call's `last`)

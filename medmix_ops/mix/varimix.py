@@ -7,7 +7,7 @@ import torch
 
 from .._transfer import to_device
 from ..ops import adm_mix
-from ._base import MixPolicy
+from ._base import Deferred, MixPolicy
 
 
 class VariMix(MixPolicy):
@@ -55,7 +55,7 @@ class VariMix(MixPolicy):
         y = torch.cat([self.mix_targets(targets, None, perm, area),
                        self.mix_targets(targets, perm, a, area)])
         return dict(x=mixed, y=y, index_a=torch.cat([a, perm]),
-                    index_b=torch.cat([perm, a]), weight_a=torch.cat([k, k]),
+                    index_b=torch.cat([perm, a]), weight_a=Deferred(torch.cat, [k, k]),
                     lam=torch.cat([area, area]), hard=True, x_hat=x_hat, mask=k)
 
     @classmethod
