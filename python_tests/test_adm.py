@@ -457,6 +457,16 @@ def test_batches_from_a_dataloader_worker_stay_intact(recycle_all):
     assert len(got) == 3 and all(torch.equal(g, w) for g, w in zip(got, want))
 
 
+def test_recycling_is_off_where_the_reference_count_does_not_count_views(monkeypatch):
+    from medmix_ops.ops import adm as adm_module
+
+    assert adm_module._calibrate_use_count()[0] is not None  # this torch: counted
+    monkeypatch.setattr(torch._C, "_storage_Use_Count", lambda cdata: 1, raising=False)
+    assert adm_module._calibrate_use_count() == (None, 0)
+    monkeypatch.delattr(torch._C, "_storage_Use_Count")
+    assert adm_module._calibrate_use_count() == (None, 0)
+
+
 def test_outputs_below_the_threshold_are_not_kept():
     from medmix_ops.ops import adm as adm_module
 

@@ -138,7 +138,27 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
 _RECYCLE_BYTES = 32 * 2 ** 20
 _RECYCLE_SLOTS = 2
 _recycled = threading.local()
-_storage_use_count = getattr(torch._C, "_storage_Use_Count", None)  # (private: absent -> off)
+
+
+def _calibrate_use_count():
+    """(torch's storage reference count, its value for a tensor nobody else references), or
+    (None, 0), which turns recycling off, where the private counter is missing or does not
+    count a view: a later torch that counted differently must not reuse memory in use."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None:
+        return None, 0
+    try:
+        t = torch.empty(1)
+        free = count(t.untyped_storage()._cdata)
+        view = t[:]
+        held = count(t.untyped_storage()._cdata)
+        del view
+        return (count, free) if held == free + 1 and count(t.untyped_storage()._cdata) == free else (None, 0)
+    except Exception:  # noqa: BLE001 - any surprise: no recycling
+        return None, 0
+
+
+_storage_use_count, _FREE_USE_COUNT = _calibrate_use_count()
 
 
 def _recycled_output(x: torch.Tensor) -> torch.Tensor | None:
@@ -155,11 +175,11 @@ def _recycled_output(x: torch.Tensor) -> torch.Tensor | None:
     slots = [buf for buf in getattr(_recycled, "slots", []) if not buf.is_shared()]
     inference = torch.is_inference_mode_enabled()
     for buf in slots:
-        # 2 references: the kept tensor and the temporary storage object of this query; an
+        # free: only the kept tensor (and this query's temporary storage object) count; an
         # inference tensor (made under torch.inference_mode) only where a new one would be one
         if (buf.shape == shape and buf.dtype == x.dtype and buf.is_inference() == inference
                 and buf.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-                and _storage_use_count(buf.untyped_storage()._cdata) <= 2):
+                and _storage_use_count(buf.untyped_storage()._cdata) <= _FREE_USE_COUNT):
             return buf[:]
     buf = mixed_output(x)
     _recycled.slots = [buf, *slots][:_RECYCLE_SLOTS]
