@@ -276,7 +276,7 @@ at::Tensor adm_histogram_cpu(const at::Tensor& x, const at::Tensor& x_hat, const
   return hist;
 }
 
-// Samples per thread above which adm_mix runs one task per sample (its range, then its mix,
+// Samples per thread from which on adm_mix runs one task per sample (its range, then its mix,
 // while the sample's x and x_hat are still in this core's cache); below it, too few samples
 // to share out evenly, the ranges and the mix are two passes over (sample, chunk) tasks.
 constexpr int64_t kAdmSamplesPerThread = 4;
