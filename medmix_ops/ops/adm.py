@@ -168,17 +168,16 @@ def _recycled_output(x: torch.Tensor) -> torch.Tensor | None:
     if (x.device.type != "cpu" or 2 * x.numel() * x.element_size() < _RECYCLE_BYTES
             or _storage_use_count is None or torch.compiler.is_compiling()):
         return None
-    shape = (2 * x.shape[0], *x.shape[1:])
-    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    shape, layout = (2 * x.shape[0], *x.shape[1:]), _output_format(x)
     # A buffer whose memory was moved into shared memory (a DataLoader worker sending its batch
-    # to the main process does that) is mapped by another process now: never written again.
-    slots = [buf for buf in getattr(_recycled, "slots", []) if not buf.is_shared()]
+    # to the main process does that) is mapped by another process now: dropped, never written.
+    slots = _recycled.slots = [buf for buf in getattr(_recycled, "slots", []) if not buf.is_shared()]
     inference = torch.is_inference_mode_enabled()
     for buf in slots:
         # free: only the kept tensor (and this query's temporary storage object) count; an
         # inference tensor (made under torch.inference_mode) only where a new one would be one
         if (buf.shape == shape and buf.dtype == x.dtype and buf.is_inference() == inference
-                and buf.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+                and buf.is_contiguous(memory_format=layout)
                 and _storage_use_count(buf.untyped_storage()._cdata) <= _FREE_USE_COUNT):
             return buf[:]
     buf = mixed_output(x)
@@ -268,9 +267,13 @@ def mixed_output(x: torch.Tensor) -> torch.Tensor:
     """adm_mix's [2B, C, H, W] output (x_src' rows, then x_ref' rows), channels_last exactly when
     x is: the rule of adm_mixed_output in csrc/common/adm_args.h (used by the Triton kernel and
     the fake kernel, whose strides opcheck compares with the real ones)."""
-    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.empty((2 * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+                       memory_format=_output_format(x))
+
+
+def _output_format(x: torch.Tensor) -> torch.memory_format:
+    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
 
 
 _backend.register_fake_both(
