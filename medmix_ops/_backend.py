@@ -112,7 +112,12 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     env = os.environ.get("MEDMIX_BACKEND", "").strip() if backend == "auto" else ""
-    return _resolve(op, backend, device.type, env, triton_interpreted())
+    device_type = device.type
+    # The interpreter flag only matters where Triton can be chosen: "auto" on a CPU never
+    # picks it, and there its read (~1 us a call) is skipped.
+    interpreted = (triton_interpreted() if device_type != "cpu" or backend == "triton" or env == "triton"
+                   else False)
+    return _resolve(op, backend, device_type, env, interpreted)
 
 
 @functools.lru_cache(maxsize=256)

@@ -473,6 +473,9 @@ def test_bad_construction(make, exc, message):
     (dict(x=torch.zeros(2, 3, 8, 8, dtype=torch.int64)), TypeError, "x must be float or uint8"),
     (dict(y=torch.tensor([0, 7])), ValueError, "labels must be in [0, num_classes = 4)"),
     (dict(y=torch.tensor([0, 1, 2])), ValueError, "integer labels y must be [B] = [2]"),
+    (dict(y=torch.tensor([0.0, 1.0])), ValueError, "integer labels y must be [B] = [2] ints, got torch.float32"),
+    (dict(y=torch.tensor([True, False])), ValueError, "integer labels y must be [B] = [2] ints, got torch.bool"),
+    (dict(y=torch.empty(2, dtype=torch.bits8)), ValueError, "integer labels y must be [B] = [2] ints, got torch.bits8"),
     (dict(y=torch.rand(2, 3)), ValueError, "targets y must be float [B, K] = [2, 4]"),
     (dict(y=[0, 1]), TypeError, "y must be a tensor"),
     (dict(generator=42), TypeError, "generator must be a CPU torch.Generator"),
@@ -485,6 +488,60 @@ def test_bad_call(args, exc, message):
     call.update(args)
     with pytest.raises(exc, match=__import__("re").escape(message)):
         mix.Mixup(4)(**call)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_every_integer_label_dtype_is_accepted_and_range_checked(dtype):
+    """The range check reads labels through an unsigned view of their width: a negative label
+    of any width is caught, and every integer width gives the int64 result."""
+    x = torch.rand(3, 3, 8, 8)
+    want = mix.Mixup(4)(x, torch.tensor([0, 3, 1]), generator=torch.Generator().manual_seed(1))
+    got = mix.Mixup(4)(x, torch.tensor([0, 3, 1], dtype=dtype), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    bad = [0, 4, 1] if dtype == torch.uint8 else [0, -1, 1]
+    with pytest.raises(ValueError, match="labels must be in"):
+        mix.Mixup(4)(x, torch.tensor(bad, dtype=dtype))
+
+
+@pytest.mark.parametrize("kind,mode", [("mixup", "batch"), ("mixup", "elem"), ("cutmix", "batch"),
+                                       ("cutmix", "elem")])
+def test_soft_targets_are_the_per_row_formula_bit_for_bit(kind, mode):
+    """A per-batch lam is applied to the targets as one float32 scalar: the same bits as the
+    per-row column lam * t[a] + (1 - lam) * t[b] in float32."""
+    ds, idx, x, y, seg = batch(B=7)
+    p = (mix.Mixup if kind == "mixup" else mix.CutMix)(K, mode=mode, label_smoothing=0.1)
+    for seed in range(4):
+        _, got = p(x, y, generator=torch.Generator().manual_seed(seed))
+        last = p.last
+        lam = last["lam"].to(torch.float32)[:, None]
+        t = mix.one_hot_targets(y, K, 0.1, "cpu")
+        want = lam * t[last["index_a"]] + (1 - lam) * t[last["index_b"]]
+        assert torch.equal(got, want), (seed, (got - want).abs().max())
+        assert mode == "elem" or bool((last["lam"] == last["lam"][0]).all())
+
+
+def test_hooks_and_in_place_compile_still_see_every_call():
+    """Policies skip nn.Module's call machinery only while nothing is registered: a module
+    hook, a process-wide hook or module.compile() takes the full path again."""
+    x, y = torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    p = mix.CutMix(K)
+    seen = []
+    h = p.register_forward_hook(lambda m, i, o: seen.append("module"))
+    p(x, y)
+    h.remove()
+    p(x, y)
+    assert seen == ["module"]
+    g = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, i: seen.append("global"))
+    try:
+        p(x, y)
+    finally:
+        g.remove()
+    p(x, y)
+    assert seen == ["module", "global"]
+    calls = []
+    p._compiled_call_impl = lambda *a, **k: calls.append(1) or (a[0], None)  # what module.compile() sets
+    p(x, y)
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])

@@ -24,7 +24,8 @@ def outside_box(box, H: int, W: int, device) -> torch.Tensor:
     """One (y_lo, y_hi, x_lo, x_hi) box -> [1, 1, H, W] float mask, 0 inside and 1 outside (the
     anchor's weight): two ops, where box_mask's comparisons take a dozen."""
     yl, yh, xl, xh = box
-    if torch.device(device).type == "cpu":  # numpy: no dispatcher round trips on the host
+    if (device if isinstance(device, torch.device) else torch.device(device)).type == "cpu":
+        # numpy: no dispatcher round trips on the host
         w = np.ones((1, 1, H, W), dtype=np.float32)
         w[..., yl:yh, xl:xh] = 0.0
         return torch.from_numpy(w)
@@ -90,11 +91,12 @@ class CutMix(MixPolicy):
                 lam0 = float(lam_t[0])
             cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
             yl, yh, xl, xh = box = box_around(cy, cx, lam0, H, W)
-            if self.correct_lam or lam_t is None:  # (numpy: `last` makes it a tensor when read)
+            uniform = self.correct_lam or lam_t is None
+            if uniform:  # (numpy: `last` makes it a tensor when read)
                 lam_t = np.full(B, 1.0 - (yh - yl) * (xh - xl) / (H * W) if self.correct_lam else lam0)
             rows = np.empty((B, 4), dtype=np.int64)
             rows[:] = box  # (torch.tensor(...).expand costs ~4x more)
-            return dict(perm=perm, lam=lam_t, boxes=rows, one_box=True, _box=box)
+            return dict(perm=perm, lam=lam_t, boxes=rows, one_box=True, _box=box, _uniform=uniform)
         lam_t = self.sample_lam(B, rng, lam)
         # boxes on the host in numpy: tensor ops here cost more than the paste
         if box is not None:
@@ -121,7 +123,7 @@ class CutMix(MixPolicy):
         # the fused blend selects at weights 0 / 1: an exact paste in one pass, partners
         # gathered in the kernel
         out = blend_trusted(x, x, w, 0.0, perm, self.backend)
-        return dict(x=out, y=self.mix_targets(targets, None, perm, lam), index_a=np.arange(B),
-                    index_b=perm, weight_a=w, lam=lam, hard=True)
+        y = self.mix_targets(targets, None, perm, lam, uniform_lam=p.pop("_uniform", False))
+        return dict(x=out, y=y, index_a=np.arange(B), index_b=perm, weight_a=w, lam=lam, hard=True)
 
 

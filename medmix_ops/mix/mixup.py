@@ -22,15 +22,18 @@ class Mixup(MixPolicy):
     name = "mixup"
 
     def _sample(self, B, labels, rng, x, lam=None):
-        return dict(perm=self.sample_partners(B, labels, rng), lam=self.sample_lam(B, rng, lam))
+        # (_uniform: one drawn lam for the batch, internal, not kept in `last`)
+        return dict(perm=self.sample_partners(B, labels, rng), lam=self.sample_lam(B, rng, lam),
+                    _uniform=lam is None and self.mode == "batch")
 
     def _mix(self, x, targets, labels, p):
         B, _, H, W = x.shape
         perm = p["perm"]
-        lam = self.host_float32(p["lam"])
+        lam_np = np.asarray(p["lam"], dtype=np.float32)
+        lam = torch.from_numpy(lam_np)
         # lam as a per-sample, broadcast (not materialised) mask of the fused blend
         w = to_device(lam, x.device).as_strided((B, 1, H, W), (1, 0, 0, 0))
         # partners are gathered inside the kernel (b_index): no copy of x[perm]
         out = blend_trusted(x, x, w, 0.0, perm, self.backend)
-        return dict(x=out, y=self.mix_targets(targets, None, perm, lam),
-                    index_a=np.arange(B), index_b=perm, weight_a=w, lam=lam, hard=False)
+        y = self.mix_targets(targets, None, perm, lam_np, uniform_lam=p.pop("_uniform"))
+        return dict(x=out, y=y, index_a=np.arange(B), index_b=perm, weight_a=w, lam=lam, hard=False)

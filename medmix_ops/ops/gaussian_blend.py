@@ -114,10 +114,11 @@ def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: f
         b_index = to_device(b_index, a.device, torch.int64)
     records_grad = (a.requires_grad or b.requires_grad) and torch.is_grad_enabled()
     if not (records_grad or torch.compiler.is_compiling() or _BELOW_AUTOGRAD is None):
-        which = _backend.resolve(OP, backend, a.device)
+        device = a.device
+        which = _backend.resolve(OP, backend, device)
         if which != "reference" and mask.dtype == opmath_dtype(a.dtype):
             op = torch.ops.medmix_triton if which == "triton" else torch.ops.medmix
-            sigma_t = _constant_sigma(a.shape[0], float(sigma), a.device)
+            sigma_t = _constant_sigma(a.shape[0], float(sigma), device)
             with _BELOW_AUTOGRAD():
                 return op.gaussian_blend.default(a, b, mask, sigma_t, max_radius, False, b_index)[0]
     sigma_t = torch.full((a.shape[0],), float(sigma), dtype=torch.float32, device=a.device)
