@@ -315,6 +315,8 @@ def build_groups(device: str, quick: bool, names=GROUPS) -> list[Group]:
         if comp is not None:
             grp.providers["reference_compiled"] = lambda comp=comp: comp(sa, sb)
         grp.baselines = tuple(p for p in grp.providers if not p.startswith("medmix_"))
+        if device == "cpu":  # (the one CPU peer within 10% of it: both in their steady state too)
+            grp.back_to_back = ("medmix_cpu", "reference_compiled")
         groups.append(grp)
 
     # adm
@@ -339,7 +341,9 @@ def build_groups(device: str, quick: bool, names=GROUPS) -> list[Group]:
         grp.providers["varimix_loop"] = lambda: varimix_public_loop(xa, xh, perm, 0.4)
         grp.baselines = tuple(p for p in grp.providers if not p.startswith("medmix_"))
         if device == "cpu":
-            grp.back_to_back = ("medmix_cpu", "medmix_cpu_out", "varimix_loop")
+            # (the compiled reference too: whether its outputs fault decides its interleaved
+            # time from one run to the next)
+            grp.back_to_back = ("medmix_cpu", "medmix_cpu_out", "reference_compiled", "varimix_loop")
         groups.append(grp)
     if "adm_mask_otsu" in names:
         grp = Group("adm_mask_otsu", f"B{B}x3x{S}x{S} float32", B, 2 * xa.numel() * 4 + B * S * S * 4)
