@@ -544,6 +544,25 @@ def test_hooks_and_in_place_compile_still_see_every_call():
     assert calls == [1]
 
 
+@pytest.mark.parametrize("name", ["mixup", "cutmix", "saliencymix"])
+def test_policies_run_eagerly_inside_torch_compile(name):
+    """torch.compile of a policy, or of a step that calls one, runs the policy's host-side
+    draws eagerly (one graph break) and gives the eager result; dynamo used to fail tracing
+    the numpy bookkeeping."""
+    ds, idx, x, y, seg = batch(B=5)
+    p = build(name, ds, label_smoothing=0.05)  # (a smoothing no other test caches first)
+    got = torch.compile(p)(x, y, generator=torch.Generator().manual_seed(2))  # compiled first
+    want = p(x, y, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    def step(x, y):
+        x_mix, y_soft = p(x, y, generator=torch.Generator().manual_seed(2))
+        return x_mix.mean() + y_soft.sum()
+
+    got = torch.compile(step)(x, y)
+    assert torch.equal(got, step(x, y))
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])
 def test_one_hot_targets_definition_and_out_of_range_rows(smoothing):
     """timm's mixup_target convention; an out-of-range label (unchecked labels on a GPU reach
