@@ -13,6 +13,11 @@ TORCH_LIBRARY(medmix, m) {
   m.def(
       "gaussian_blend(Tensor a, Tensor b, Tensor mask, Tensor sigma, int max_radius, "
       "bool return_alpha, Tensor? b_index=None) -> (Tensor out, Tensor lam, Tensor alpha)");
+  // The same, written into a caller's out: a's shape, dtype and device, any strides, sharing
+  // no memory with a or b (the CPU path's recycled large outputs, medmix_ops/ops/_recycle.py).
+  m.def(
+      "gaussian_blend_out(Tensor a, Tensor b, Tensor mask, Tensor sigma, int max_radius, "
+      "bool return_alpha, Tensor? b_index, Tensor(a!) out) -> (Tensor lam, Tensor alpha)");
   m.def(
       "gaussian_blend_backward(Tensor grad_out, Tensor mask, Tensor sigma, int max_radius) "
       "-> (Tensor grad_a, Tensor grad_b)");

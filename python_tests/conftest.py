@@ -46,3 +46,15 @@ def device_backend(request):
 @pytest.fixture(params=KERNEL_BACKENDS)
 def kernel_backend(request):
     return request.param
+
+
+@pytest.fixture
+def recycle_all(monkeypatch):
+    """Every large-output CPU op recycles every output (the real threshold is 32 MB); a clean
+    cache before and after. Yields medmix_ops.ops._recycle."""
+    from medmix_ops.ops import _recycle
+
+    monkeypatch.setattr(_recycle, "RECYCLE_BYTES", 0)
+    _recycle.clear_output_cache()
+    yield _recycle
+    _recycle.clear_output_cache()

@@ -343,17 +343,6 @@ def test_raw_op_refuses_out_of_range_perm():
 
 # ---- large fresh CPU outputs, recycled ------------------------------------------------------------
 
-@pytest.fixture
-def recycle_all(monkeypatch):
-    """Every CPU output recycled (the real threshold is 32 MB); a clean cache before and after."""
-    from medmix_ops.ops import adm as adm_module
-
-    monkeypatch.setattr(adm_module, "_RECYCLE_BYTES", 0)
-    adm_module.clear_output_cache()
-    yield adm_module
-    adm_module.clear_output_cache()
-
-
 def test_recycled_output_is_reused_only_once_nothing_references_it(recycle_all):
     x, x_hat = pair((3, 3, 20, 24), torch.float32, "cpu", seed=1)
     x2, x2_hat = pair((3, 3, 20, 24), torch.float32, "cpu", seed=2)
@@ -458,19 +447,19 @@ def test_batches_from_a_dataloader_worker_stay_intact(recycle_all):
 
 
 def test_recycling_is_off_where_the_reference_count_does_not_count_views(monkeypatch):
-    from medmix_ops.ops import adm as adm_module
+    from medmix_ops.ops import _recycle
 
-    assert adm_module._calibrate_use_count()[0] is not None  # this torch: counted
+    assert _recycle._calibrate_use_count()[0] is not None  # this torch: counted
     monkeypatch.setattr(torch._C, "_storage_Use_Count", lambda cdata: 1, raising=False)
-    assert adm_module._calibrate_use_count() == (None, 0)
+    assert _recycle._calibrate_use_count() == (None, 0)
     monkeypatch.delattr(torch._C, "_storage_Use_Count")
-    assert adm_module._calibrate_use_count() == (None, 0)
+    assert _recycle._calibrate_use_count() == (None, 0)
 
 
 def test_outputs_below_the_threshold_are_not_kept():
-    from medmix_ops.ops import adm as adm_module
+    from medmix_ops.ops import _recycle, clear_output_cache
 
-    adm_module.clear_output_cache()
+    clear_output_cache()
     x, x_hat = pair((2, 3, 9, 11), torch.float32, "cpu")
     adm_mix(x, x_hat, torch.tensor([1, 0]), 0.3, backend="cpu")
-    assert getattr(adm_module._recycled, "slots", []) == []
+    assert getattr(_recycle._recycled, "slots", []) == []

@@ -698,3 +698,83 @@ def test_blend_trusted_equals_gaussian_blend(device_backend, below_autograd, mon
         assert torch.equal(gb.blend_trusted(a, b, mask, sigma, None, backend), want)
         want = gaussian_blend(a, a, mask, sigma, b_index=perm.to(device), backend=backend)[0]
         assert torch.equal(gb.blend_trusted(a, a, mask, sigma, perm, backend), want)
+
+
+# ---- large fresh CPU outputs, recycled (medmix_ops.ops._recycle) -------------------------------
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("sigma", [0.0, 1.5])
+def test_recycled_blend_outputs_equal_fresh_ones_and_held_ones_stay(recycle_all, monkeypatch,
+                                                                    channels_last, sigma):
+    a, b, m = make_inputs((3, 3, 13, 10), torch.float32, "cpu", seed=1, channels_last=channels_last)
+    a2, b2, m2 = make_inputs((3, 3, 13, 10), torch.float32, "cpu", seed=2, channels_last=channels_last)
+    perm = torch.tensor([2, 0, 1])
+    monkeypatch.setattr(recycle_all, "RECYCLE_BYTES", 2 ** 62)  # fresh outputs, as before
+    want1 = gaussian_blend(a, b, m, sigma, b_index=perm, backend="cpu")
+    want2 = gaussian_blend(a2, b2, m2, sigma, backend="cpu")
+    monkeypatch.setattr(recycle_all, "RECYCLE_BYTES", 0)
+    got1 = gaussian_blend(a, b, m, sigma, b_index=perm, backend="cpu")
+    kept = recycle_all._recycled.slots
+    assert len(kept) == 1 and got1[0].data_ptr() == kept[0].data_ptr()  # (the path was taken)
+    got2 = gaussian_blend(a2, b2, m2, sigma, backend="cpu")
+    for got, want in ((got1, want1), (got2, want2)):
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert got[0].stride() == want[0].stride()  # the memory format a fresh output has
+    assert got1[0].data_ptr() != got2[0].data_ptr()
+    ptr2 = got2[0].data_ptr()
+    del got2, got  # (the loop variable held got2 too)
+    again = gaussian_blend(a2, b2, m2, sigma, backend="cpu")[0]  # the dropped buffer, rewritten
+    assert again.data_ptr() == ptr2 and torch.equal(again, want2[0])
+    assert torch.equal(got1[0], want1[0])
+
+
+def test_blend_that_records_a_gradient_allocates_as_before(recycle_all):
+    a, b, m = make_inputs((2, 3, 6, 5), torch.float32, "cpu")
+    a.requires_grad_(True)
+    out, lam = gaussian_blend(a, b, m, 1.0, backend="cpu")
+    assert out.grad_fn is not None and getattr(recycle_all._recycled, "slots", []) == []
+    out.sum().backward()
+    assert a.grad is not None
+    with torch.no_grad():
+        gaussian_blend(a, b, m, 1.0, backend="cpu")
+    assert len(recycle_all._recycled.slots) == 1
+
+
+def test_policy_batches_held_across_calls_stay_intact(recycle_all):
+    """Mixup / CutMix through the trusted blend: a training loop that keeps earlier mixed
+    batches (a replay buffer, a logged batch) never sees them rewritten."""
+    from medmix_ops import mix
+
+    x = torch.rand(4, 3, 12, 9)
+    y = torch.tensor([0, 1, 2, 3])
+    for policy in (mix.Mixup(4), mix.CutMix(4)):
+        held, copies = [], []
+        for seed in range(4):
+            out, _ = policy(x, y, generator=torch.Generator().manual_seed(seed))
+            held.append(out)
+            copies.append(out.clone())
+        assert len({t.data_ptr() for t in held}) == 4
+        assert all(torch.equal(h, c) for h, c in zip(held, copies))
+        del held[:2]  # two dropped batches: their buffers come back (the cache keeps 2 a kind)
+        ptrs = {policy(x, y, generator=torch.Generator().manual_seed(9))[0].data_ptr() for _ in range(3)}
+        assert len(ptrs) == 1 and all(torch.equal(h, c) for h, c in zip(held, copies[2:]))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not HAS_CUDA, reason="needs a GPU"))])
+def test_blend_out_op_checks_and_opcheck(device):
+    a, b, m = make_inputs((2, 3, 7, 9), torch.float32, device)
+    sigma = torch.tensor([1.0, 0.0], device=device)
+    out = torch.empty_like(a)
+    op = torch.ops.medmix.gaussian_blend_out.default
+    torch.library.opcheck(op, (a, b, m, sigma, 3, True, None, out))
+    torch.library.opcheck(op, (a, b[:1], m, sigma, 3, False, torch.tensor([0, 0], device=device), out))
+    lam, alpha = op(a, b, m, sigma, 3, True, None, out)
+    want = torch.ops.medmix.gaussian_blend.default(a, b, m, sigma, 3, True, None)
+    assert torch.equal(out, want[0]) and torch.equal(lam, want[1]) and torch.equal(alpha, want[2])
+    with pytest.raises(RuntimeError, match="must not share memory with a or b"):
+        op(a, b, m, sigma, 3, False, None, b)
+    with pytest.raises(RuntimeError, match=r"out must be \[2, 3, 7, 9\] Float"):
+        op(a, b, m, sigma, 3, False, None, out[:1])
+    with pytest.raises(RuntimeError, match="overlapping elements"):
+        op(a, b, m, sigma, 3, False, None, torch.empty(1, 3, 7, 9, device=device).expand(2, 3, 7, 9))

@@ -3,8 +3,12 @@
 // these keep a direct torch.ops.medmix call from reading out of bounds.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
+
+#include <tuple>
 
 namespace medmix {
 
@@ -49,6 +53,34 @@ inline void check_gaussian_blend_args(const at::Tensor& a, const at::Tensor& b,
               "medmix::gaussian_blend: a, b and mask must be on one device");
   check_mask_and_sigma(mask, sigma, a.size(0), a.size(2), a.size(3),
                        opmath_dtype(a.scalar_type()), max_radius);
+}
+
+// A caller's gaussian_blend output: a's shape, dtype and device, any strides, sharing no memory
+// with a or b (the kernels read b's partner rows while they write: an overlap would be a race,
+// and the CPU loops assume no aliasing).
+inline void check_gaussian_blend_out(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out) {
+  TORCH_CHECK(out.sizes() == a.sizes() && out.scalar_type() == a.scalar_type() &&
+                  out.device() == a.device(),
+              "medmix::gaussian_blend_out: out must be ", a.sizes(), " ", a.scalar_type(),
+              " on a's device, got ", out.scalar_type(), " ", out.sizes(), " on ", out.device());
+  const auto shares = [&](const at::Tensor& t) {
+    return out.is_same(t) || (out.has_storage() && t.has_storage() && out.storage().is_alias_of(t.storage()));
+  };
+  TORCH_CHECK(!shares(a) && !shares(b), "medmix::gaussian_blend_out: out must not share memory with a or b");
+  TORCH_CHECK(at::has_internal_overlap(out) != at::MemOverlap::Yes,
+              "medmix::gaussian_blend_out: out must not have overlapping elements (an expanded "
+              "view), got strides ", out.strides());
+}
+
+// gaussian_blend into a new tensor like a through a backend's gaussian_blend_out.
+template <typename BlendOut>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_into_new(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask, const at::Tensor& sigma,
+    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index,
+    BlendOut blend_out) {
+  auto out = at::empty_like(a);
+  auto [lam, alpha] = blend_out(a, b, mask, sigma, max_radius, return_alpha, b_index, out);
+  return {out, lam, alpha};
 }
 
 inline void check_gaussian_blend_backward_args(const at::Tensor& grad_out, const at::Tensor& mask,

@@ -540,10 +540,11 @@ void blend_backward(const at::Tensor& grad_out, const at::Tensor& mask, const at
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cpu(
+std::tuple<at::Tensor, at::Tensor> gaussian_blend_out_cpu(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask, const at::Tensor& sigma,
-    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index) {
+    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index, at::Tensor& out) {
   check_gaussian_blend_args(a, b, mask, sigma, max_radius, b_index);
+  check_gaussian_blend_out(a, b, out);
   at::Tensor rows;
   if (b_index.has_value()) {
     rows = b_index->contiguous();
@@ -556,11 +557,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cpu(
               " tensor");
   const auto acc = opmath_dtype(a.scalar_type());
   const int64_t B = a.size(0), H = a.size(2), W = a.size(3);
-  auto out = at::empty_like(a);
   auto lam = at::empty({B}, a.options().dtype(acc));
   auto alpha = return_alpha ? at::empty({B, 1, H, W}, a.options().dtype(acc))
                             : at::empty({0}, a.options().dtype(acc));
-  if (a.numel() == 0) return {out, lam.zero_(), alpha};
+  if (a.numel() == 0) return {lam.zero_(), alpha};
   const auto sigma_c = sigma.contiguous();
   check_radii(sigma_c, max_radius);
   AT_DISPATCH_FLOATING_TYPES_AND3(
@@ -571,7 +571,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cpu(
           blend_forward<scalar_t>(a, b, mask.contiguous(), sigma_c, max_radius, out, lam, alpha_out,
                                   b_rows);
       });
-  return {out, lam, alpha};
+  return {lam, alpha};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cpu(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask, const at::Tensor& sigma,
+    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index) {
+  return gaussian_blend_into_new(a, b, mask, sigma, max_radius, return_alpha, b_index,
+                                 gaussian_blend_out_cpu);
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_blend_backward_cpu(const at::Tensor& grad_out,
@@ -596,6 +603,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_blend_backward_cpu(const at::Tensor&
 
 TORCH_LIBRARY_IMPL(medmix, CPU, m) {
   m.impl("gaussian_blend", &gaussian_blend_cpu);
+  m.impl("gaussian_blend_out", &gaussian_blend_out_cpu);
   m.impl("gaussian_blend_backward", &gaussian_blend_backward_cpu);
 }
 

@@ -147,19 +147,19 @@ void check_launch_size(int64_t blocks, size_t smem, const char* op) {
               " bytes of shared memory)");
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cuda(
+std::tuple<at::Tensor, at::Tensor> gaussian_blend_out_cuda(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask, const at::Tensor& sigma,
-    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index) {
+    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index, at::Tensor& out) {
   check_gaussian_blend_args(a, b, mask, sigma, max_radius, b_index);
+  check_gaussian_blend_out(a, b, out);
   const at::Tensor rows = b_index.has_value() ? b_index->contiguous() : at::Tensor();
   TORCH_CHECK(a.is_cuda(), "medmix::gaussian_blend (CUDA kernel) got a ", a.device(), " tensor");
   const c10::cuda::CUDAGuard guard(a.device());
   const auto acc = opmath_dtype(a.scalar_type());
   const int64_t B = a.size(0), C = a.size(1), H = a.size(2), W = a.size(3);
-  auto out = at::empty_like(a);
   auto alpha = return_alpha ? at::empty({B, 1, H, W}, a.options().dtype(acc))
                             : at::empty({0}, a.options().dtype(acc));
-  if (a.numel() == 0) return {out, at::zeros({B}, a.options().dtype(acc)), alpha};
+  if (a.numel() == 0) return {at::zeros({B}, a.options().dtype(acc)), alpha};
   const auto mask_c = mask.contiguous();
   const auto sigma_c = sigma.contiguous();
   const TileGrid grid = tile_grid(H, W);
@@ -183,7 +183,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cuda(
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
   auto lam = partial.sum(1).div_(static_cast<double>(H * W));
-  return {out, lam, alpha};
+  return {lam, alpha};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gaussian_blend_cuda(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& mask, const at::Tensor& sigma,
+    int64_t max_radius, bool return_alpha, const c10::optional<at::Tensor>& b_index) {
+  return gaussian_blend_into_new(a, b, mask, sigma, max_radius, return_alpha, b_index,
+                                 gaussian_blend_out_cuda);
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_blend_backward_cuda(const at::Tensor& grad_out,
@@ -224,6 +231,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_blend_backward_cuda(const at::Tensor
 
 TORCH_LIBRARY_IMPL(medmix, CUDA, m) {
   m.impl("gaussian_blend", &gaussian_blend_cuda);
+  m.impl("gaussian_blend_out", &gaussian_blend_out_cuda);
   m.impl("gaussian_blend_backward", &gaussian_blend_backward_cuda);
 }
 

@@ -1,13 +1,13 @@
 """adm_mask / adm_mix: VariMix's absolute difference map, its thresholds and bidirectional mix."""
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from .. import _backend
 from ..reference import adm as _ref
 from .._validation import IMAGE_DTYPES, check_image, check_perm, check_same, per_sample_values
+from . import _recycle
+from ._recycle import clear_output_cache  # noqa: F401 - public here since the recycling began here
 
 OP = "adm"
 MODES = ("lambda", "otsu", "quantile")
@@ -86,7 +86,7 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
             x_hat; the results are views of it. Without ``out``, a CPU output of 32 MB or more
             goes into a buffer kept from an earlier call once nothing references that one any
             more (glibc would map and fault a new one in on every call, 4x the kernel's time at
-            32 x 3 x 224^2); ``clear_output_cache()`` drops the kept buffers.
+            32 x 3 x 224^2); ``medmix_ops.ops.clear_output_cache()`` drops the kept buffers.
         validate: check CUDA ``perm`` / ``lam`` values (one host sync each); False skips it
             (the kernels clamp indices, so memory stays safe).
 
@@ -124,70 +124,10 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
     return out + (mask,) if return_mask else out
 
 
-# ---- large fresh CPU outputs, recycled ---------------------------------------------------------
-# glibc serves blocks of 32 MB and more with new mappings (its mmap threshold adapts up to that
-# size only) and unmaps them on free, so a fresh [2B] output that large - 32 x 3 x 224^2 float32
-# is 38.5 MB - is faulted in page by page on every call: 12 ms a call where the kernel takes 3
-# on the 2-core VM of the committed results. Like the CUDA caching allocator, adm_mix keeps the
-# last two such outputs of each thread and writes a later call's output into one of them once
-# nothing references its memory any more (the storage's reference count, so views, numpy
-# arrays and autograd's saved tensors all count); the caller only ever gets views, never the
-# kept tensor itself, whose Python references the storage count does not see. Never reused:
-# a buffer moved into shared memory (another process maps it) and, outside inference mode, an
-# inference tensor (or inside it, a normal one). clear_output_cache() hands them back.
-_RECYCLE_BYTES = 32 * 2 ** 20
-_RECYCLE_SLOTS = 2
-_recycled = threading.local()
-
-
-def _calibrate_use_count():
-    """(torch's storage reference count, its value for a tensor nobody else references), or
-    (None, 0), which turns recycling off, where the private counter is missing or does not
-    count a view: a later torch that counted differently must not reuse memory in use."""
-    count = getattr(torch._C, "_storage_Use_Count", None)
-    if count is None:
-        return None, 0
-    try:
-        t = torch.empty(1)
-        free = count(t.untyped_storage()._cdata)
-        view = t[:]
-        held = count(t.untyped_storage()._cdata)
-        del view
-        return (count, free) if held == free + 1 and count(t.untyped_storage()._cdata) == free else (None, 0)
-    except Exception:  # noqa: BLE001 - any surprise: no recycling
-        return None, 0
-
-
-_storage_use_count, _FREE_USE_COUNT = _calibrate_use_count()
-
-
 def _recycled_output(x: torch.Tensor) -> torch.Tensor | None:
-    """A [2B, C, H, W] output like ``mixed_output(x)`` for a CPU call without ``out=``: a kept
-    buffer nobody else references, or a new one that is kept; None below _RECYCLE_BYTES, under
-    torch.compile or without the reference count (the op then allocates)."""
-    if (x.device.type != "cpu" or 2 * x.numel() * x.element_size() < _RECYCLE_BYTES
-            or _storage_use_count is None or torch.compiler.is_compiling()):
-        return None
-    shape, layout = (2 * x.shape[0], *x.shape[1:]), _output_format(x)
-    # A buffer whose memory was moved into shared memory (a DataLoader worker sending its batch
-    # to the main process does that) is mapped by another process now: dropped, never written.
-    slots = _recycled.slots = [buf for buf in getattr(_recycled, "slots", []) if not buf.is_shared()]
-    inference = torch.is_inference_mode_enabled()
-    for buf in slots:
-        # free: only the kept tensor (and this query's temporary storage object) count; an
-        # inference tensor (made under torch.inference_mode) only where a new one would be one
-        if (buf.shape == shape and buf.dtype == x.dtype and buf.is_inference() == inference
-                and buf.is_contiguous(memory_format=layout)
-                and _storage_use_count(buf.untyped_storage()._cdata) <= _FREE_USE_COUNT):
-            return buf[:]
-    buf = mixed_output(x)
-    _recycled.slots = [buf, *slots][:_RECYCLE_SLOTS]
-    return buf[:]
-
-
-def clear_output_cache() -> None:
-    """Drops the large CPU outputs adm_mix keeps for reuse in this thread (see adm_mix)."""
-    _recycled.slots = []
+    """A [2B, C, H, W] output like ``mixed_output(x)`` for a CPU call without ``out=``, from
+    the kept large outputs (``_recycle``); None where the op allocates itself."""
+    return _recycle.recycled_empty((2 * x.shape[0], *x.shape[1:]), x.dtype, _output_format(x), x.device)
 
 
 def _check_out(x: torch.Tensor, x_hat: torch.Tensor, out) -> None:
@@ -271,9 +211,7 @@ def mixed_output(x: torch.Tensor) -> torch.Tensor:
                        memory_format=_output_format(x))
 
 
-def _output_format(x: torch.Tensor) -> torch.memory_format:
-    nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if nhwc else torch.contiguous_format
+_output_format = _recycle.output_format
 
 
 _backend.register_fake_both(

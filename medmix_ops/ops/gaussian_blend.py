@@ -10,6 +10,7 @@ import torch
 from .. import _backend
 from .. import reference as _ref
 from .._transfer import to_device
+from . import _recycle
 from .._validation import (check_image, check_mask, check_mask_values, check_perm, check_same,
                            opmath_dtype, per_sample_values)
 
@@ -54,7 +55,10 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
     Returns:
         ``(out, lam)``, or ``(out, lam, alpha)`` with ``return_alpha``: ``out`` like ``a``
         (same dtype and memory format), ``lam`` ``Tensor[B]`` and ``alpha`` in float32 (float64
-        for float64 images). Math is in float32 (float64 for float64 images).
+        for float64 images). Math is in float32 (float64 for float64 images). A CPU ``out`` of
+        32 MB or more made without a gradient to record is a view of a buffer kept from an
+        earlier call once nothing referenced that one any more (a fresh one is faulted in page
+        by page on every call); ``medmix_ops.ops.clear_output_cache()`` drops them.
 
     Differentiable in ``a`` and ``b`` with a fused backward; works under
     ``torch.compile(fullgraph=True)`` (give sigma as a float or a sequence there).
@@ -94,9 +98,25 @@ def _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend):
     which = _backend.resolve(OP, backend, a.device)
     if which == "reference":
         return _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
+    ns = _backend.ops_namespace(which)
+    if which == "cpu" and not ((a.requires_grad or b.requires_grad) and torch.is_grad_enabled()):
+        out = _recycled_output(a)
+        if out is not None:
+            lam, alpha = ns.gaussian_blend_out(a, b, mask, sigma_t, max_radius, return_alpha, b_index, out)
+            return out, lam, alpha
     # "cpu" / "cuda": the C++ op dispatches on the device itself
-    return _backend.ops_namespace(which).gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha,
-                                                        b_index)
+    return ns.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
+
+
+def _recycled_output(a: torch.Tensor) -> torch.Tensor | None:
+    """A kept large CPU output for a blend of ``a`` (``_recycle``: a fresh one of 32 MB or
+    more is faulted in page by page on every call), or None where the op allocates. Only for
+    contiguous and channels_last images: the op's own output follows any other dense
+    layout of ``a``, which the kept buffers do not."""
+    layout = _recycle.output_format(a)
+    if not a.is_contiguous(memory_format=layout):
+        return None
+    return _recycle.recycled_empty(a.shape, a.dtype, layout, a.device)
 
 
 def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float,
@@ -119,7 +139,11 @@ def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: f
         if which != "reference" and mask.dtype == opmath_dtype(a.dtype):
             op = torch.ops.medmix_triton if which == "triton" else torch.ops.medmix
             sigma_t = _constant_sigma(a.shape[0], float(sigma), device)
+            out = _recycled_output(a) if which == "cpu" else None
             with _BELOW_AUTOGRAD():
+                if out is not None:
+                    op.gaussian_blend_out.default(a, b, mask, sigma_t, max_radius, False, b_index, out)
+                    return out
                 return op.gaussian_blend.default(a, b, mask, sigma_t, max_radius, False, b_index)[0]
     sigma_t = torch.full((a.shape[0],), float(sigma), dtype=torch.float32, device=a.device)
     return _run(a, b, mask, sigma_t, max_radius, False, b_index, backend)[0]
@@ -220,3 +244,8 @@ def _register(namespace: str) -> None:
 _register("medmix_triton")
 if _backend.extension_loaded():
     _register("medmix")
+
+    @torch.library.register_fake("medmix::gaussian_blend_out")
+    def _fake_out(a, b, mask, sigma, max_radius, return_alpha, b_index, out):
+        _, lam, alpha = _fake_forward(a, b, mask, sigma, max_radius, return_alpha, b_index)
+        return lam, alpha
