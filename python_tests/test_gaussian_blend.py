@@ -762,7 +762,7 @@ def test_policy_batches_held_across_calls_stay_intact(recycle_all):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not HAS_CUDA, reason="needs a GPU"))])
-def test_blend_out_op_checks_and_opcheck(device):
+def test_blend_out_op_checks_and_opcheck_cpu_and_cuda(device):
     a, b, m = make_inputs((2, 3, 7, 9), torch.float32, device)
     sigma = torch.tensor([1.0, 0.0], device=device)
     out = torch.empty_like(a)
