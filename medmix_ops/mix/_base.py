@@ -199,14 +199,14 @@ class MixPolicy(torch.nn.Module):
         return x_mix, out["y"], self._mix_seg(seg4, seg, out)
 
     def __call__(self, *args, **kwargs):
-        # nn.Module's call path (tracing state, eight hook tables, kwargs repacked) costs
-        # ~1.5-3 us a batch; with nothing registered it only calls forward, so that is done
-        # directly. Any hook, an in-place module.compile() or a jit trace takes the full path.
         if torch.compiler.is_compiling():
             # Under torch.compile (the policy compiled, or a compiled model that calls it), the
             # host-side draws and numpy bookkeeping run eagerly: one graph break, the ops inside
             # still dispatch to their kernels.
             return _eager_call(self, *args, **kwargs)
+        # nn.Module's call path (tracing state, eight hook tables, kwargs repacked) costs
+        # ~1.5-3 us a batch; with nothing registered it only calls forward, so that is done
+        # directly. Any hook, an in-place module.compile() or a jit trace takes the full path.
         d = self.__dict__
         if (_GLOBAL_HOOKS is None or any(_GLOBAL_HOOKS) or d["_forward_pre_hooks"] or d["_forward_hooks"]
                 or d["_backward_pre_hooks"] or d["_backward_hooks"]
@@ -393,6 +393,7 @@ try:
                      _nn_module._global_backward_pre_hooks, _nn_module._global_backward_hooks)
 except AttributeError:
     _GLOBAL_HOOKS = None
+
 
 @torch.compiler.disable
 def _eager_call(policy: MixPolicy, *args, **kwargs):

@@ -15,6 +15,7 @@ mode, an inference tensor (or inside it, a normal one). clear_output_cache() han
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -54,10 +55,7 @@ def recycled_empty(shape: tuple, dtype: torch.dtype, memory_format: torch.memory
     under torch.compile, or without the reference count."""
     if device.type != "cpu" or _storage_use_count is None or torch.compiler.is_compiling():
         return None
-    numel = 1
-    for n in shape:
-        numel *= n
-    if numel * dtype.itemsize < RECYCLE_BYTES:
+    if math.prod(shape) * dtype.itemsize < RECYCLE_BYTES:
         return None
     shape = torch.Size(shape)
     # A buffer whose memory was moved into shared memory (a DataLoader worker sending its batch
