@@ -1,5 +1,7 @@
 """Mixing policies: timm parity, the shared contract (targets, odd batches, B = 1, seg masks,
 multi-label, determinism), each seed policy's defining behaviour, and bad input."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -316,6 +318,45 @@ def test_spmix_feature_hook_mixes_vit_tokens():
     assert torch.allclose(seen["t"], w * plain_tokens[tail] + (1 - w) * plain_tokens[head], atol=1e-5)
     assert not torch.allclose(logits, plain_logits)
     assert torch.allclose(model(x), plain_logits, atol=1e-6)  # disarmed after one forward pass
+    hook.remove()
+
+
+def test_spmix_feature_hook_under_torch_compile():
+    """A compiled model mixes its armed forward pass like the eager one and is disarmed after
+    it; a compiled step that arms the hook and runs the model gives the eager result for each
+    seed (the partner draws are not baked into the graph), and dynamo does not trace the
+    hook's host-side bookkeeping (it used to, warning about one_hot_targets' lru_cache)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=K, img_size=32, depth=1).eval()
+    x, y = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    hook = mix.SPMixFeatureHook(model, mix.SPMix(K))
+    plain = model(x).detach()
+
+    def eager(seed):
+        x_in, y_soft = hook(x, y, generator=torch.Generator().manual_seed(seed))
+        return model(x_in).detach(), y_soft
+
+    compiled_model = torch.compile(model)
+    for seed in (1, 2):
+        want, _ = eager(seed)
+        hook(x, y, generator=torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(compiled_model(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled_model(x), plain, rtol=1e-5, atol=1e-5)  # disarmed
+
+    def step(x, y, g):
+        x_in, y_soft = hook(x, y, generator=g)
+        return model(x_in), y_soft
+
+    compiled_step = torch.compile(step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for seed in (1, 2, 3):
+            logits, y_soft = compiled_step(x, y, torch.Generator().manual_seed(seed))
+            want, want_y = eager(seed)
+            torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+            assert torch.equal(y_soft, want_y)
+    assert not [w for w in caught if "medmix_ops" in str(w.message)], [str(w.message) for w in caught]
     hook.remove()
 
 

@@ -116,6 +116,7 @@ class SPMixFeatureHook:
         self._armed = None
         self._handle = self.module.register_forward_hook(self._mix_tokens)
 
+    @torch.compiler.disable  # host draws and numpy bookkeeping, as MixPolicy.__call__
     def __call__(self, x, y, generator=None):
         p = self.policy
         checked = p._check_inputs(x, y, generator)
