@@ -49,6 +49,30 @@ def check_same(op: str, name_a: str, a: torch.Tensor, name_b: str, b: torch.Tens
         raise TypeError(f"{op}: {name_a} and {name_b} must have one dtype, got {a.dtype} and {b.dtype}")
 
 
+def check_out(op: str, out, shape, dtype: torch.dtype, device, reads: dict, *, what: str = "") -> None:
+    """``out=``: a tensor of ``shape``, ``dtype`` and ``device`` (any strides) that records no
+    gradient, has no repeated elements (an expanded view) and shares no memory with any tensor
+    in ``reads`` (name -> tensor): the kernels read those while they write ``out``."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{op}: out must be a tensor {list(shape)}, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != torch.device(device):
+        raise ValueError(f"{op}: out must be {list(shape)} {dtype} on {device}{what}, got "
+                         f"{list(out.shape)} {out.dtype} on {out.device}")
+    if out.requires_grad:
+        raise ValueError(f"{op}: out must not require grad (out= records no gradient)")
+    if any(st == 0 and n > 1 for st, n in zip(out.stride(), out.shape)):
+        raise ValueError(f"{op}: out must not be an expanded view (stride 0), got strides {list(out.stride())}")
+    if torch.compiler.is_compiling():  # storage pointers are not traceable; the C++ ops check it too
+        return
+    ptr = out.untyped_storage().data_ptr()
+    shared = [name for name, t in reads.items() if t is not None and t.untyped_storage().data_ptr() == ptr]
+    if shared:
+        names = list(reads)
+        listed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+        raise ValueError(f"{op}: out must not share memory with {listed} (the kernel reads "
+                         f"{' and '.join(shared)} while it writes out)")
+
+
 def check_mask(op: str, name: str, mask, images: torch.Tensor) -> None:
     """A [B, 1, H, W] float or bool mask matching images [B, C, H, W] in B, H, W and device."""
     check_tensor(op, name, mask, ndim=4, layout="[B, 1, H, W]")

@@ -576,6 +576,19 @@ def _bad_cases():
         ("sigma string", dict(sigma="2"), TypeError, "sigma must be a float"),
         ("sigma bool", dict(sigma=True), TypeError, "got bool"),
         ("return_alpha int", dict(return_alpha=1), TypeError, "return_alpha must be a bool"),
+        ("out not a tensor", dict(out=[0.0]), TypeError, "out must be a tensor [2, 3, 8, 8], got list"),
+        ("out wrong shape", dict(out=torch.empty(2, 3, 8, 9)), ValueError,
+         "out must be [2, 3, 8, 8] torch.float32 on cpu, got [2, 3, 8, 9] torch.float32 on cpu"),
+        ("out wrong dtype", dict(out=torch.empty(2, 3, 8, 8, dtype=torch.float64)), ValueError,
+         "got [2, 3, 8, 8] torch.float64 on cpu"),
+        ("out expanded", dict(out=torch.empty(1, 3, 8, 8).expand(2, 3, 8, 8)), ValueError,
+         "out must not be an expanded view (stride 0)"),
+        ("out requires grad", dict(out=torch.empty(2, 3, 8, 8, requires_grad=True)), ValueError,
+         "out must not require grad"),
+        ("out is b", dict(b=b, out=b), ValueError,
+         "out must not share memory with a, b or mask (the kernel reads b while it writes out)"),
+        ("out with grad", dict(a=a.clone().requires_grad_(True), out=torch.empty(2, 3, 8, 8)), ValueError,
+         "out= records no gradient, but a or b requires grad"),
     ]
 
 
@@ -778,3 +791,76 @@ def test_blend_out_op_checks_and_opcheck_cpu_and_cuda(device):
         op(a, b, m, sigma, 3, False, None, out[:1])
     with pytest.raises(RuntimeError, match="overlapping elements"):
         op(a, b, m, sigma, 3, False, None, torch.empty(1, 3, 7, 9, device=device).expand(2, 3, 7, 9))
+
+
+# ---- out= -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_blend_into_out(device_backend, layout, dtype):
+    """out=: the blend is written into the caller's tensor (any strides, reused across calls),
+    equal to the allocated result bit for bit, with b_index and return_alpha too; nothing
+    outside a sliced out is touched."""
+    device, backend = device_backend
+    a, b, mask = make_inputs((3, 3, 13, 17), dtype, device)
+    sigma = torch.tensor([1.5, 0.0, 0.7])
+    rows = torch.tensor([2, 0, 0], device=device)
+    if layout == "sliced":
+        base = torch.full((3, 5, 13, 19), 7, dtype=dtype, device=device)
+        out = base[:, 1:4, :, 1:18]
+    else:
+        out = torch.empty(3, 3, 13, 17, dtype=dtype, device=device)
+        if layout == "channels_last":
+            out = out.contiguous(memory_format=torch.channels_last)
+    for kwargs in (dict(return_alpha=True), dict(b_index=rows)):
+        want = gaussian_blend(a, b, mask, sigma, backend=backend, **kwargs)
+        for _ in range(2):  # the same buffer, twice
+            out.fill_(3)
+            got = gaussian_blend(a, b, mask, sigma, backend=backend, out=out, **kwargs)
+            assert got[0] is out
+            for g, w in zip(got, want):
+                assert torch.equal(g, w)
+    if layout == "sliced":
+        assert (base[:, 0] == 7).all() and (base[:, 4] == 7).all()
+        assert (base[..., 0] == 7).all() and (base[..., 18] == 7).all()
+
+
+def test_blend_into_out_under_no_grad_and_compile(device_backend):
+    """out= is fine for inputs that require grad under torch.no_grad(), and traces under
+    torch.compile(fullgraph=True) (the op's mutation of out is visible after the call)."""
+    device, backend = device_backend
+    a, b, mask = make_inputs((2, 3, 9, 11), torch.float32, device)
+    want = gaussian_blend(a, b, mask, 1.5, backend=backend)[0]
+    out = torch.empty_like(a)
+    with torch.no_grad():
+        gaussian_blend(a.requires_grad_(True), b, mask, 1.5, backend=backend, out=out)
+    assert torch.equal(out, want)
+    a.requires_grad_(False)
+    torch._dynamo.reset()
+
+    def f(x, y, m, o):
+        o2, lam = gaussian_blend(x, y, m, 1.5, backend=backend, out=o)
+        return o2 * 2.0, lam
+
+    out = torch.zeros_like(a)
+    got = torch.compile(f, fullgraph=True)(a, b, mask, out)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[0], 2.0 * want, rtol=1e-6, atol=1e-6)
+
+
+def test_blend_out_sharing_memory_with_the_mask_is_refused():
+    buf = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"\(the kernel reads mask while it writes out\)"):
+        gaussian_blend(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), buf[:, :1], 1.0, out=buf)
+
+
+def test_triton_blend_out_opcheck():
+    device = "cuda" if HAS_CUDA else "cpu"
+    a, b, m = make_inputs((2, 3, 7, 9), torch.float32, device)
+    sigma = torch.tensor([1.0, 0.0], device=device)
+    op = torch.ops.medmix_triton.gaussian_blend_out.default
+    out = torch.empty_like(a)
+    torch.library.opcheck(op, (a, b, m, sigma, 3, True, None, out))
+    lam, alpha = op(a, b, m, sigma, 3, True, None, out)
+    want = torch.ops.medmix_triton.gaussian_blend.default(a, b, m, sigma, 3, True, None)
+    assert torch.equal(out, want[0]) and torch.equal(lam, want[1]) and torch.equal(alpha, want[2])

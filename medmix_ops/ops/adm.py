@@ -5,7 +5,7 @@ import torch
 
 from .. import _backend
 from ..reference import adm as _ref
-from .._validation import IMAGE_DTYPES, check_image, check_perm, check_same, per_sample_values
+from .._validation import IMAGE_DTYPES, check_image, check_out, check_perm, check_same, per_sample_values
 from . import _recycle
 from ._recycle import clear_output_cache  # noqa: F401 - public here since the recycling began here
 
@@ -105,7 +105,8 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
         if not isinstance(flag, bool):
             raise TypeError(f"adm_mix: {name} must be a bool, got {type(flag).__name__}")
     if out is not None:
-        _check_out(x, x_hat, out)
+        check_out("adm_mix", out, (2 * B, *x.shape[1:]), x.dtype, x.device, {"x": x, "x_hat": x_hat},
+                  what=" (x_src' rows, then x_ref' rows)")
     which = _backend.resolve(OP, backend, x.device)
     if out is None and which == "cpu":
         out = _recycled_output(x)  # (None: the op allocates)
@@ -128,23 +129,6 @@ def _recycled_output(x: torch.Tensor) -> torch.Tensor | None:
     """A [2B, C, H, W] output like ``mixed_output(x)`` for a CPU call without ``out=``, from
     the kept large outputs (``_recycle``); None where the op allocates itself."""
     return _recycle.recycled_empty((2 * x.shape[0], *x.shape[1:]), x.dtype, _output_format(x), x.device)
-
-
-def _check_out(x: torch.Tensor, x_hat: torch.Tensor, out) -> None:
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"adm_mix: out must be a tensor [2B, C, H, W], got {type(out).__name__}")
-    want = (2 * x.shape[0], *x.shape[1:])
-    if tuple(out.shape) != want or out.dtype != x.dtype or out.device != x.device:
-        raise ValueError(f"adm_mix: out must be {list(want)} {x.dtype} on {x.device} (x_src' rows, then "
-                         f"x_ref' rows), got {list(out.shape)} {out.dtype} on {out.device}")
-    if out.requires_grad:
-        raise ValueError("adm_mix: out must not require grad (adm_mix is not differentiable)")
-    if any(st == 0 and n > 1 for st, n in zip(out.stride(), out.shape)):
-        raise ValueError(f"adm_mix: out must not be an expanded view (stride 0), got strides {list(out.stride())}")
-    ptr = out.untyped_storage().data_ptr()
-    if ptr in (x.untyped_storage().data_ptr(), x_hat.untyped_storage().data_ptr()):
-        raise ValueError("adm_mix: out must not share memory with x or x_hat (the kernel reads "
-                         "partners from x while it writes)")
 
 
 # ---- torch.library registration: Triton ops and fake kernels -----------------------------------

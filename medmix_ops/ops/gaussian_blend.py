@@ -11,8 +11,8 @@ from .. import _backend
 from .. import reference as _ref
 from .._transfer import to_device
 from . import _recycle
-from .._validation import (check_image, check_mask, check_mask_values, check_perm, check_same,
-                           opmath_dtype, per_sample_values)
+from .._validation import (check_image, check_mask, check_mask_values, check_out, check_perm,
+                           check_same, opmath_dtype, per_sample_values)
 
 OP = "gaussian_blend"
 SigmaLike = Union[float, int, Sequence[float], torch.Tensor]
@@ -23,7 +23,7 @@ MAX_SIGMA = 1000.0
 
 def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: SigmaLike, *,
                    b_index: torch.Tensor | None = None, return_alpha: bool = False,
-                   backend: str = "auto", validate: bool = True):
+                   out: torch.Tensor | None = None, backend: str = "auto", validate: bool = True):
     """Blends ``a`` into ``b`` through a Gaussian-softened mask, in one fused pass.
 
     ``alpha = GaussianBlur(mask, sigma)``, ``out = alpha * a + (1 - alpha) * b``,
@@ -45,6 +45,12 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
             have any number of rows, e.g. ``gaussian_blend(x, x, m, s, b_index=perm)`` mixes a
             batch with a permutation of itself. Gradients to ``b`` are summed per row.
         return_alpha: also return the blurred mask ``alpha`` as ``Tensor[B, 1, H, W]``.
+        out: optional ``Tensor[B, C, H, W]`` of a's dtype and device (any strides) to write the
+            blend into, e.g. one buffer reused across batches (a fresh large CPU output's
+            first-touch page faults can cost as much as the blend), or a slice of a bigger
+            batch. It must not share memory with a, b or mask, and records no gradient: with
+            ``out``, a and b must not require grad while grad mode is on. The returned ``out``
+            is this tensor.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"triton"``.
         validate: check the values of ``mask`` (in [0, 1], no NaN: a min/max pass) and of
             ``b_index`` (in range); on a GPU each costs one host sync. False skips the mask
@@ -55,10 +61,11 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
     Returns:
         ``(out, lam)``, or ``(out, lam, alpha)`` with ``return_alpha``: ``out`` like ``a``
         (same dtype and memory format), ``lam`` ``Tensor[B]`` and ``alpha`` in float32 (float64
-        for float64 images). Math is in float32 (float64 for float64 images). A CPU ``out`` of
-        32 MB or more made without a gradient to record is a view of a buffer kept from an
-        earlier call once nothing referenced that one any more (a fresh one is faulted in page
-        by page on every call); ``medmix_ops.ops.clear_output_cache()`` drops them.
+        for float64 images). Math is in float32 (float64 for float64 images). Without
+        ``out=``, a CPU ``out`` of 32 MB or more made without a gradient to record is a view of
+        a buffer kept from an earlier call once nothing referenced that one any more (a fresh
+        one is faulted in page by page on every call); ``medmix_ops.ops.clear_output_cache()``
+        drops them.
 
     Differentiable in ``a`` and ``b`` with a fused backward; works under
     ``torch.compile(fullgraph=True)`` (give sigma as a float or a sequence there).
@@ -86,24 +93,30 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
         check_mask_values(OP, "mask", mask)
     if not isinstance(return_alpha, bool):
         raise TypeError(f"{OP}: return_alpha must be a bool, got {type(return_alpha).__name__}")
+    if out is not None:
+        check_out(OP, out, a.shape, a.dtype, a.device, {"a": a, "b": b, "mask": mask})
+        if (a.requires_grad or b.requires_grad) and torch.is_grad_enabled():
+            raise ValueError(f"{OP}: out= records no gradient, but a or b requires grad; call it "
+                             f"under torch.no_grad() or leave out unset")
     sigma_t, max_radius = sigma_to_tensor(OP, sigma, a.shape[0], a.device)
-    out, lam, alpha = _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend)
+    out, lam, alpha = _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend, out)
     return (out, lam, alpha) if return_alpha else (out, lam)
 
 
-def _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend):
+def _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend, out=None):
     acc = opmath_dtype(a.dtype)
     if mask.dtype != acc:
         mask = mask.to(acc)
     which = _backend.resolve(OP, backend, a.device)
     if which == "reference":
-        return _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
+        res = _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
+        return res if out is None else (out.copy_(res[0]), *res[1:])
     ns = _backend.ops_namespace(which)
-    if which == "cpu" and not ((a.requires_grad or b.requires_grad) and torch.is_grad_enabled()):
+    if out is None and which == "cpu" and not ((a.requires_grad or b.requires_grad) and torch.is_grad_enabled()):
         out = _recycled_output(a)
-        if out is not None:
-            lam, alpha = ns.gaussian_blend_out(a, b, mask, sigma_t, max_radius, return_alpha, b_index, out)
-            return out, lam, alpha
+    if out is not None:  # (the caller's: checked, no gradient recorded; or a recycled one)
+        lam, alpha = ns.gaussian_blend_out(a, b, mask, sigma_t, max_radius, return_alpha, b_index, out)
+        return out, lam, alpha
     # "cpu" / "cuda": the C++ op dispatches on the device itself
     return ns.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
 
@@ -182,6 +195,16 @@ def _gaussian_blend_triton(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
     return tk.gaussian_blend(a, b, mask, sigma, max_radius, return_alpha, b_index)
 
 
+@torch.library.custom_op("medmix_triton::gaussian_blend_out", mutates_args=("out",))
+def _gaussian_blend_out_triton(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor,
+                               sigma: torch.Tensor, max_radius: int, return_alpha: bool,
+                               b_index: Optional[torch.Tensor], out: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..triton import gaussian_blend as tk
+
+    return tk.gaussian_blend(a, b, mask, sigma, max_radius, return_alpha, b_index, out)[1:]
+
+
 @torch.library.custom_op("medmix_triton::gaussian_blend_backward", mutates_args=())
 def _gaussian_blend_backward_triton(grad_out: torch.Tensor, mask: torch.Tensor,
                                     sigma: torch.Tensor,
@@ -241,11 +264,13 @@ def _register(namespace: str) -> None:
     torch.library.register_autograd(bwd, backward_backward, setup_context=setup_backward)
 
 
+def _fake_out(a, b, mask, sigma, max_radius, return_alpha, b_index, out):
+    _, lam, alpha = _fake_forward(a, b, mask, sigma, max_radius, return_alpha, b_index)
+    return lam, alpha
+
+
 _register("medmix_triton")
+torch.library.register_fake("medmix_triton::gaussian_blend_out", _fake_out)
 if _backend.extension_loaded():
     _register("medmix")
-
-    @torch.library.register_fake("medmix::gaussian_blend_out")
-    def _fake_out(a, b, mask, sigma, max_radius, return_alpha, b_index, out):
-        _, lam, alpha = _fake_forward(a, b, mask, sigma, max_radius, return_alpha, b_index)
-        return lam, alpha
+    torch.library.register_fake("medmix::gaussian_blend_out", _fake_out)

@@ -124,13 +124,15 @@ def _compute_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def gaussian_blend(a, b, mask, sigma, max_radius: int, return_alpha: bool, b_index=None):
+def gaussian_blend(a, b, mask, sigma, max_radius: int, return_alpha: bool, b_index=None, out=None):
     """Host launcher. a, b: [B, C, H, W] (any strides); mask: contiguous [B, 1, H, W] float32
-    (float64 for float64 images); sigma: float32 [B]. Returns (out, lam, alpha or empty).
+    (float64 for float64 images); sigma: float32 [B]; out: None (a new tensor like a) or a
+    checked [B, C, H, W] of a's dtype, any strides. Returns (out, lam, alpha or empty).
     max_radius (>= every sample's ceil(3 sigma)) bounds the taps vector at compile time."""
     B, C, H, W = a.shape
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    out = torch.empty_like(a)
+    if out is None:
+        out = torch.empty_like(a)
     alpha = a.new_empty((B, 1, H, W) if return_alpha else (0,), dtype=acc)
     BH, BW = _blocks(H, W)
     tiles = triton.cdiv(H, BH) * triton.cdiv(W, BW)
