@@ -20,6 +20,7 @@
 #include "../common/adm_args.h"
 #include "../common/strides.h"
 #include "clones.h"
+#include "half_f16c.h"
 
 namespace medmix {
 namespace {
@@ -96,6 +97,14 @@ MEDMIX_CPU_CLONES void chunk_minmax(const T* px, const T* ph, int64_t n, float* 
     chunk_minmax_bytes(px, ph, n, lo, hi);
     return;
   }
+  if constexpr (std::is_same_v<T, c10::Half>) {  // float blocks through F16C (half_f16c.h): min
+    // and max do not depend on the order they see the values in, so the same bits
+    if (for_half_blocks(px, ph, nullptr, nullptr, n, [&](const float* fx, const float* fh, float*, float*,
+                                                         int64_t, int64_t m) {
+          chunk_minmax<float>(fx, fh, m, lo, hi);
+        }))
+      return;
+  }
   Lanes8 l, h;
   for (int j = 0; j < kLanes; ++j) l[j] = FLT_MAX, h[j] = -FLT_MAX;
   int64_t k = 0;
@@ -114,6 +123,13 @@ MEDMIX_CPU_CLONES void chunk_minmax(const T* px, const T* ph, int64_t n, float* 
   for (int j = 0; j < kLanes; ++j) *lo = std::min(*lo, l[j]), *hi = std::max(*hi, h[j]);
 }
 
+// acc[k] += channel c's term of A, (|h - x| - lo) / range, over n pixels.
+template <typename T>
+MEDMIX_CPU_CLONES void add_channel_score(const T* x, const T* h, int64_t n, float lo, float range, float* acc) {
+  for (int64_t k = 0; k < n; ++k)
+    acc[k] += (std::fabs(static_cast<float>(h[k]) - static_cast<float>(x[k])) - lo) / range;
+}
+
 // acc[k] = A at the chunk's pixels (channel planes px + c * sx, ph + c * sh), as adm_score.
 template <typename T>
 MEDMIX_CPU_CLONES void chunk_score(const T* px, int64_t sx, const T* ph, int64_t sh, int64_t C, int64_t n,
@@ -122,8 +138,14 @@ MEDMIX_CPU_CLONES void chunk_score(const T* px, int64_t sx, const T* ph, int64_t
   for (int64_t c = 0; c < C; ++c) {
     const T* x = px + c * sx;
     const T* h = ph + c * sh;
-    for (int64_t k = 0; k < n; ++k)
-      acc[k] += (std::fabs(static_cast<float>(h[k]) - static_cast<float>(x[k])) - lo) / range;
+    if constexpr (std::is_same_v<T, c10::Half>) {  // float blocks through F16C (half_f16c.h)
+      if (for_half_blocks(x, h, nullptr, nullptr, n, [&](const float* fx, const float* fh, float*, float*,
+                                                         int64_t k0, int64_t m) {
+            add_channel_score<float>(fx, fh, m, lo, range, acc + k0);
+          }))
+        continue;
+    }
+    add_channel_score<T>(x, h, n, lo, range, acc);
   }
   const float inv = static_cast<float>(C);
   for (int64_t k = 0; k < n; ++k) acc[k] /= inv;

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common/gaussian_blend.h"
@@ -19,6 +20,7 @@
 #include "../common/gaussian_taps.h"
 #include "../common/strides.h"
 #include "clones.h"
+#include "half_f16c.h"
 #include "pixel_io.h"
 
 namespace medmix {
@@ -141,6 +143,13 @@ inline acc_t blend_io(acc_t alpha, acc_t a, acc_t b) {
 template <typename IO, typename acc_t = typename IO::acc_t, typename T = typename IO::scalar>
 MEDMIX_CPU_CLONES void blend_run(const acc_t* __restrict__ alpha, const T* __restrict__ a,
                                  const T* __restrict__ b, T* __restrict__ o, int64_t n) {
+  if constexpr (std::is_same_v<T, c10::Half>) {  // float blocks through F16C (half_f16c.h)
+    if (for_half_blocks(a, b, o, nullptr, n, [&](const float* fa, const float* fb, float* fo, float*,
+                                                 int64_t k0, int64_t m) {
+          blend_run<PixelIO<float>>(alpha + k0, fa, fb, fo, m);
+        }))
+      return;
+  }
   store_run<IO>([&](int64_t k) __attribute__((always_inline)) {
     return blend_io<IO>(alpha[k], IO::load(a[k]), IO::load(b[k]));
   }, o, n);
@@ -285,6 +294,13 @@ MEDMIX_CPU_CLONES void blend_run_const(acc_t alpha, const T* __restrict__ a, con
   if (alpha == acc_t(1) || alpha == acc_t(0)) {
     std::memcpy(o, alpha == acc_t(1) ? a : b, n * sizeof(T));
     return;
+  }
+  if constexpr (std::is_same_v<T, c10::Half>) {  // float blocks through F16C (half_f16c.h)
+    if (for_half_blocks(a, b, o, nullptr, n, [&](const float* fa, const float* fb, float* fo, float*,
+                                                 int64_t, int64_t m) {
+          blend_run_const<PixelIO<float>>(alpha, fa, fb, fo, m);
+        }))
+      return;
   }
   const acc_t beta = acc_t(1) - alpha;
   const auto mixed = [&](int64_t k) __attribute__((always_inline)) {
@@ -447,6 +463,13 @@ inline RowLayout row_layout(int64_t C, std::initializer_list<Strides4> strides) 
 template <typename IO, typename acc_t = typename IO::acc_t, typename T = typename IO::scalar>
 MEDMIX_CPU_CLONES void blend_grad_run(const acc_t* __restrict__ alpha, const T* __restrict__ g,
                                       T* __restrict__ ga, T* __restrict__ gb, int64_t n) {
+  if constexpr (std::is_same_v<T, c10::Half>) {  // float blocks through F16C (half_f16c.h)
+    if (for_half_blocks(g, nullptr, ga, gb, n, [&](const float* fg, const float*, float* fga, float* fgb,
+                                                   int64_t k0, int64_t m) {
+          blend_grad_run<PixelIO<float>>(alpha + k0, fg, fga, fgb, m);
+        }))
+      return;
+  }
   for (int64_t k = 0; k < n; ++k) {
     acc_t da, db;
     blend_pixel_grad<acc_t>(alpha[k], IO::load(g[k]), &da, &db);
