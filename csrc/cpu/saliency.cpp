@@ -14,12 +14,14 @@
 #include <cstring>
 #include <memory>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common/gaussian_taps.h"
 #include "../common/saliency.h"
 #include "../common/saliency_args.h"
 #include "clones.h"
+#include "half_f16c.h"
 
 namespace medmix {
 namespace {
@@ -104,6 +106,18 @@ MEDMIX_CPU_CLONES void normalize_row(float* __restrict__ po, int64_t W, float lo
   for (int64_t k = 0; k < W; ++k) po[k] = (po[k] - lo) / (hi - lo);
 }
 
+// One channel row of floats into the map row o, as source_map's row loops do.
+MEDMIX_CPU_CLONES void add_source_row(int64_t mode, const float* __restrict__ src, float wc, int64_t wd,
+                                      float* __restrict__ o) {
+  if (mode == kSrcWeighted) {
+    for (int64_t j = 0; j < wd; ++j) o[j] += wc * src[j];
+  } else if (mode == kSrcAbsSum) {
+    for (int64_t j = 0; j < wd; ++j) o[j] += std::fabs(src[j]);
+  } else {
+    for (int64_t j = 0; j < wd; ++j) o[j] = std::max(o[j], std::fabs(src[j]));
+  }
+}
+
 // Source values of sample bi into a [h, w] map (row-wise, channels outside, when possible).
 template <typename T>
 void source_map(const T* p0, int64_t mode, int64_t si, int64_t sj, int64_t sc, int64_t C,
@@ -115,6 +129,19 @@ void source_map(const T* p0, int64_t mode, int64_t si, int64_t sj, int64_t sc, i
       std::fill(o, o + wd, 0.f);
       for (int64_t c = 0; c < C; ++c) {
         const T* src = p0 + i * si + c * sc;
+        if constexpr (std::is_same_v<T, c10::Half>) {  // the row as floats through F16C (exact)
+          if (cpu_has_f16c()) {
+            thread_local std::vector<float> row;
+            row.resize(wd);
+            half_to_float(src, row.data(), wd);
+            add_source_row(mode, row.data(), w ? w[c] : 0.f, wd, o);
+            continue;
+          }
+        }
+        if constexpr (std::is_same_v<T, float>) {  // (the AVX2 clone; this function has none)
+          add_source_row(mode, src, w ? w[c] : 0.f, wd, o);
+          continue;
+        }
         if (mode == kSrcWeighted) {
           const float wc = w[c];
           for (int64_t j = 0; j < wd; ++j) o[j] += wc * static_cast<float>(src[j]);
