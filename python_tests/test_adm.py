@@ -66,6 +66,57 @@ def test_lambda_mask_matches_definition(device_backend, shape, dtype, channels_l
     assert torch.allclose(area, mask.mean(dim=(1, 2, 3)))
 
 
+def sequential_score(x, x_hat):
+    """A in float32, its channel terms summed in order and then divided by C: the kernels'
+    order. (The reference's torch mean sums more than four channels in another order, so its
+    last bit may differ there.)"""
+    d = (x_hat.float() - x.float()).abs()
+    lo = d.amin(dim=(1, 2, 3), keepdim=True)
+    rng = d.amax(dim=(1, 2, 3), keepdim=True) - lo
+    acc = torch.zeros_like(d[:, :1])
+    for c in range(d.shape[1]):
+        acc = acc + (d[:, c:c + 1] - lo) / rng
+    return acc / d.shape[1]
+
+
+@pytest.mark.parametrize("C", [1, 3, 5])
+def test_uint8_masks_decide_ties_exactly_like_the_score(kernel_backend, C):
+    """uint8 masks are decided from integer sums of |x_hat - x| on the CPU, with the exact score
+    only where the sum alone cannot tell (csrc/cpu/adm.cpp, decide_bytes): at thresholds equal
+    to scores that many pixels share, one float step above and below them, 0 and 1, the
+    masks, areas and adm_mix outputs are those of A >= lam bit for bit."""
+    from medmix_ops.reference.adm import adm_score
+
+    device, backend = kernel_backend
+    g = torch.Generator().manual_seed(C)
+    B, H, W = 4, 37, 41
+    x = torch.randint(0, 256, (B, C, H, W), generator=g, dtype=torch.int16)
+    x_hat = (x + torch.randint(-3, 4, (B, C, H, W), generator=g, dtype=torch.int16)).clamp(0, 255)
+    x, x_hat = x.to(torch.uint8), x_hat.to(torch.uint8)
+    score = sequential_score(x, x_hat)
+    if C <= 3:
+        assert torch.equal(score, adm_score(x, x_hat)[0])
+    flat = score.reshape(B, -1)
+    values = [torch.unique(flat[b]) for b in range(B)]
+    perm = torch.tensor([2, 0, 3, 1])
+    ties = 0
+    for pick in (0.25, 0.5, 0.75):
+        t = torch.stack([v[int(pick * (len(v) - 1))] for v in values])  # scores that pixels hold
+        ties += int((flat == t[:, None]).sum())
+        for lam in (t, torch.nextafter(t, torch.full_like(t, 2.0)), torch.nextafter(t, torch.zeros_like(t)),
+                    torch.zeros(B), torch.ones(B)):
+            want = (score >= lam.view(B, 1, 1, 1)).float()
+            mask, area = adm_mask(x.to(device), x_hat.to(device), lam, backend=backend)
+            assert torch.equal(mask.cpu(), want) and torch.equal(area.cpu(), want.mean(dim=(1, 2, 3)))
+            mixed, lam2, mask = adm_mix(x.to(device), x_hat.to(device), perm.to(device), lam, stacked=True,
+                                        return_mask=True, backend=backend)
+            on = want.bool()
+            assert torch.equal(mask.cpu(), want)
+            assert torch.equal(mixed.cpu(), torch.cat([torch.where(on, x, x[perm]), torch.where(on, x[perm], x)]))
+            assert torch.equal(lam2.cpu(), 1 - want.sum(dim=(1, 2, 3)) / (H * W))
+    assert ties > 100  # the thresholds do sit on shared scores
+
+
 def numpy_otsu(a, bins=256):
     """Otsu on a [0, 1] map: loop over the 255 splits of a `bins`-bin histogram."""
     hist = np.bincount(np.minimum((np.clip(a, 0, 1) * bins).astype(np.int64), bins - 1).ravel(),
@@ -108,6 +159,26 @@ def test_quantile_mask_keeps_the_top_fraction(device_backend, q):
         assert m.sum() >= k and m.sum() <= k + 2  # ties at the threshold are kept
         if 0 < k < n:
             assert a[m].min() >= a[~m].max() - 1e-6  # the kept pixels are the top ones
+
+
+def test_quantile_threshold_by_selection_equals_the_sorted_one():
+    """On the CPU a batch whose samples share k selects the k-th largest score (kthvalue)
+    instead of sorting: the same values as the reference's sort, with ties, NaN scores (the
+    largest, as in the sort), k = 0 (2.0), k = n, per-sample q (the sort) and one pixel."""
+    from medmix_ops.ops.adm import quantile_threshold
+    from medmix_ops.reference.adm import quantile_threshold as sorted_threshold
+
+    g = torch.Generator().manual_seed(4)
+    score = (torch.rand(5, 1, 17, 23, generator=g) * 8).floor() / 8  # many ties
+    score[1, 0, 3, :5] = float("nan")
+    for q in ([0.0] * 5, [1.0] * 5, [0.5] * 5, [0.3] * 5, [2 / 391] * 5, [0.1, 0.5, 0.9, 0.0, 1.0]):
+        q = torch.tensor(q)
+        got, want = quantile_threshold(score, q), sorted_threshold(score, q)
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got[~got.isnan()], want[~want.isnan()]), q
+    one = torch.rand(3, 1, 1, 1, generator=g)
+    for q in (0.0, 0.4, 0.6, 1.0):
+        assert torch.equal(quantile_threshold(one, torch.full((3,), q)), sorted_threshold(one, torch.full((3,), q)))
 
 
 def test_identical_images_give_empty_masks(device_backend):

