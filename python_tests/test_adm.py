@@ -117,6 +117,24 @@ def test_uint8_masks_decide_ties_exactly_like_the_score(kernel_backend, C):
     assert ties > 100  # the thresholds do sit on shared scores
 
 
+def test_raw_adm_apply_on_uint8_with_any_range_is_the_float_formula():
+    """The integer-sum decisions hold for the range adm_minmax gives; a raw adm_apply given
+    another one (lo above some differences, fractional, or negative) must still compute
+    A >= thr from that range, as the float32 path does on the same values."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randint(0, 256, (2, 3, 33, 29), generator=g, dtype=torch.uint8)
+    x_hat = torch.randint(0, 256, (2, 3, 33, 29), generator=g, dtype=torch.uint8)
+    thr = torch.tensor([0.4, 0.6])
+    true = torch.ops.medmix.adm_minmax(x, x_hat)
+    for lo, hi in ((None, None), (40.0, 200.0), (2.5, 250.0), (-3.0, 255.0), (0.0, 100.0)):
+        mm = true.clone()
+        if lo is not None:
+            mm[..., 0], mm[..., 1] = lo, hi
+        got, n_got = torch.ops.medmix.adm_apply(x, x_hat, mm, thr, False)
+        want, n_want = torch.ops.medmix.adm_apply(x.float(), x_hat.float(), mm, thr, False)
+        assert torch.equal(got, want) and torch.equal(n_got, n_want), (lo, hi)
+
+
 def numpy_otsu(a, bins=256):
     """Otsu on a [0, 1] map: loop over the 255 splits of a `bins`-bin histogram."""
     hist = np.bincount(np.minimum((np.clip(a, 0, 1) * bins).astype(np.int64), bins - 1).ravel(),

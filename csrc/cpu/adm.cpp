@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <climits>
+#include <cmath>
 #include <cstring>
 #include <tuple>
 #include <type_traits>
@@ -169,7 +171,7 @@ inline SumThresholds sum_thresholds(float range, int64_t C, float t) {
   const double per_sum = 1.0 / (static_cast<double>(range) * static_cast<double>(C));
   const double m = static_cast<double>(C + 4) * 0x1p-23;  // > (1 + 2^-24)^(C + 1) - 1, twice over
   const int32_t top = static_cast<int32_t>(C * 255 + 1);
-  // (t is in [0, 1], checked by the callers; the relative bounds hold since A >= 0)
+  // (any t: above 1 or NaN leaves every S off or undecided, below 0 every S on)
   const auto surely_on = [&](int32_t S) { return static_cast<double>(S) * per_sum * (1.0 - m) >= t; };
   const auto surely_off = [&](int32_t S) { return static_cast<double>(S) * per_sum * (1.0 + m) < t; };
   SumThresholds th{0, top};
@@ -183,20 +185,25 @@ inline SumThresholds sum_thresholds(float range, int64_t C, float t) {
   return th;
 }
 
-// The decisions A >= t of the n pixels of a uint8 chunk (planes px + c * sx, ph + c * sh) into
-// on[]: sums of |h - x| (the lo offset subtracted once), then the exact score where the sum
-// alone cannot tell. Returns how many are on. `sum`: n uint16 of scratch.
-MEDMIX_CPU_CLONES void byte_diff_sums(const uint8_t* px, int64_t sx, const uint8_t* ph, int64_t sh,
-                                      int64_t C, int64_t n, uint16_t* __restrict__ sum) {
+// sum[k] = sum_c |h - x| over the n pixels of a uint8 chunk (planes px + c * sx, ph + c * sh);
+// returns the smallest |h - x| seen.
+MEDMIX_CPU_CLONES uint8_t byte_diff_sums(const uint8_t* px, int64_t sx, const uint8_t* ph, int64_t sh,
+                                         int64_t C, int64_t n, uint16_t* __restrict__ sum) {
   std::fill(sum, sum + n, uint16_t(0));
+  uint8_t least = 255;
   for (int64_t c = 0; c < C; ++c) {
     const uint8_t* __restrict__ x = px + c * sx;
     const uint8_t* __restrict__ h = ph + c * sh;
-    for (int64_t k = 0; k < n; ++k)
-      sum[k] = static_cast<uint16_t>(sum[k] + static_cast<uint8_t>(x[k] > h[k] ? x[k] - h[k] : h[k] - x[k]));
+    for (int64_t k = 0; k < n; ++k) {
+      const uint8_t d = static_cast<uint8_t>(x[k] > h[k] ? x[k] - h[k] : h[k] - x[k]);
+      sum[k] = static_cast<uint16_t>(sum[k] + d);
+      least = d < least ? d : least;
+    }
   }
+  return least;
 }
 
+// on[k] = S >= s_hi with S = sum[k] - offset; counts them, and the S in [s_lo, s_hi).
 MEDMIX_CPU_CLONES int32_t decide_sums(const uint16_t* __restrict__ sum, int64_t n, int32_t offset,
                                       SumThresholds th, uint8_t* __restrict__ on, int32_t* undecided) {
   int32_t count = 0, open = 0;
@@ -210,14 +217,24 @@ MEDMIX_CPU_CLONES int32_t decide_sums(const uint16_t* __restrict__ sum, int64_t 
   return count;
 }
 
+// The decisions A >= t of the n pixels of a uint8 chunk into on[], as above; returns how many
+// are on. `sum`: n uint16 of scratch. A range that is not the integer one of byte differences,
+// or a lo above a difference in the chunk (only a raw adm_apply given some other minmax), takes
+// the exact score everywhere: the bound needs every n_c to be an integer >= 0.
 int32_t decide_bytes(const uint8_t* px, int64_t sx, const uint8_t* ph, int64_t sh, int64_t C, int64_t n,
                      float lo, float range, float t, uint16_t* sum, uint8_t* on) {
-  byte_diff_sums(px, sx, ph, sh, C, n, sum);
-  const SumThresholds th = sum_thresholds(range, C, t);
-  const int32_t offset = static_cast<int32_t>(lo) * static_cast<int32_t>(C);  // lo: an integer
-  int32_t undecided = 0;
-  int32_t count = decide_sums(sum, n, offset, th, on, &undecided);
-  if (undecided == 0) return count;
+  const uint8_t least = byte_diff_sums(px, sx, ph, sh, C, n, sum);
+  const bool integral = lo >= 0.f && lo <= 255.f && lo == std::floor(lo) && range == std::floor(range);
+  SumThresholds th{0, 0};
+  int32_t offset = 0, undecided = 0, count = 0;
+  if (integral && static_cast<float>(least) >= lo) {
+    th = sum_thresholds(range, C, t);
+    offset = static_cast<int32_t>(lo) * static_cast<int32_t>(C);
+    count = decide_sums(sum, n, offset, th, on, &undecided);
+    if (undecided == 0) return count;
+  } else {
+    th = SumThresholds{INT32_MIN, INT32_MAX};  // every pixel undecided
+  }
   for (int64_t k = 0; k < n; ++k) {
     const int32_t S = static_cast<int32_t>(sum[k]) - offset;
     if (S >= th.s_lo && S < th.s_hi) {
