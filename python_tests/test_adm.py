@@ -135,6 +135,23 @@ def test_raw_adm_apply_on_uint8_with_any_range_is_the_float_formula():
         assert torch.equal(got, want) and torch.equal(n_got, n_want), (lo, hi)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8], ids=["float32", "uint8"])
+@pytest.mark.parametrize("shape", [(3, 3, 70, 71), (2, 1, 5, 3), (1, 2, 64, 64)], ids=lambda s: "x".join(map(str, s)))
+def test_histogram_counts_the_scores_bins(kernel_backend, dtype, shape):
+    """adm_histogram (Otsu's input) counts every pixel's bin floor(clamp(A) * 256) exactly:
+    against a bincount of the op's own scores, over chunk tails that are not a multiple of
+    four pixels (the CPU counts into four sub-histograms in turn)."""
+    device, backend = kernel_backend
+    ns = torch.ops.medmix_triton if backend == "triton" else torch.ops.medmix
+    x, x_hat = pair(shape, dtype, device, seed=6)
+    mm = ns.adm_minmax(x, x_hat)
+    score, _ = ns.adm_apply(x, x_hat, mm, torch.zeros(shape[0], device=device), True)
+    bins = (score.clamp(0, 1) * 256).long().clamp(max=255).reshape(shape[0], -1).cpu()
+    want = torch.stack([torch.bincount(b, minlength=256) for b in bins]).int()
+    got = ns.adm_histogram(x, x_hat, mm).cpu()
+    assert torch.equal(got, want) and int(got.sum()) == shape[0] * shape[2] * shape[3]
+
+
 def numpy_otsu(a, bins=256):
     """Otsu on a [0, 1] map: loop over the 255 splits of a `bins`-bin histogram."""
     hist = np.bincount(np.minimum((np.clip(a, 0, 1) * bins).astype(np.int64), bins - 1).ravel(),

@@ -27,8 +27,9 @@ MEDMIX_HOST_DEVICE inline float adm_score(const T* px, int64_t sx, const T* ph, 
 MEDMIX_HOST_DEVICE inline int64_t adm_bin(float a) {
   // Written so that NaN (a NaN pixel in x or x_hat) lands in bin 0: casting NaN to an integer
   // is undefined and would index outside the histogram.
+  // (int32: v * 256 lies in [0, 256]; AVX2 converts float lanes to int32, not to int64)
   const float v = a > 0.f ? (a < 1.f ? a : 1.f) : 0.f;
-  const int64_t k = static_cast<int64_t>(v * static_cast<float>(kAdmBins));
+  const int32_t k = static_cast<int32_t>(v * static_cast<float>(kAdmBins));
   return k > kAdmBins - 1 ? kAdmBins - 1 : k;
 }
 
