@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medmix_ops import mix
+from medmix_ops import mix, saliency
 from medmix_ops.data import SynthLesion
 from medmix_ops.models.probe import LesionProbe
 from medmix_ops.policies import POLICIES, make_policy
@@ -200,6 +200,7 @@ def test_saliencymix_box_is_centred_on_the_partner_saliency_peak():
     p(x, y, lam=0.6)
     s = p.last["saliency"]
     boxes = p.last["boxes"]
+    assert torch.equal(s, saliency(x, "fine_grained")[torch.tensor([3, 2, 1, 0])])  # the partners' maps
     for i in range(4):
         peak = int(s[i].flatten().argmax())
         cy, cx = peak // 48, peak % 48

@@ -7,7 +7,7 @@ import torch
 from .._transfer import to_device
 from ..ops import gaussian_blend, saliency
 from ..ops.gaussian_blend import blend_trusted
-from ._base import MixPolicy
+from ._base import Deferred, MixPolicy
 from .cutmix import anchor_weight, boxes_around
 
 
@@ -52,8 +52,10 @@ class SaliencyMix(MixPolicy):
             return self._mix_one_map(x, targets, p, perm, a)
         # every partner's map in one batched call, a box per sample around its peak, all on
         # the device (no sync)
-        s = saliency(x, self.method, backend=self.backend).index_select(0, perm)
-        peak = s.flatten(1).argmax(dim=1)
+        s = saliency(x, self.method, backend=self.backend)
+        # each map's peak, then the partners' peaks: a [B] gather instead of the maps' (a batch
+        # of maps copied per call; `last` makes the partner-ordered maps when read)
+        peak = s.flatten(1).argmax(dim=1).index_select(0, perm)
         cy, cx = peak // W, peak % W
         ratio = to_device(torch.from_numpy(np.sqrt(1.0 - p["lam"])), dev)
         cut_h, cut_w = (H * ratio).long(), (W * ratio).long()
@@ -64,7 +66,8 @@ class SaliencyMix(MixPolicy):
         w = anchor_weight(boxes, B, H, W, dev)
         out, _ = gaussian_blend(x, x, w, 0.0, b_index=perm, backend=self.backend, validate=False)
         return dict(x=out, y=self.mix_targets(targets, a, p["perm"], lam), index_a=a,
-                    index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes, saliency=s)
+                    index_b=p["perm"], weight_a=w, lam=lam, hard=True, boxes=boxes,
+                    saliency=Deferred(torch.index_select, s, 0, perm))
 
     def _mix_one_map(self, x, targets, p, perm, a):
         """The official code: the first partner's map alone, its peak read to the host (the one
