@@ -50,7 +50,7 @@ def kernel_backend(request):
 
 @pytest.fixture
 def recycle_all(monkeypatch):
-    """Every large-output CPU op recycles every output (the real threshold is 32 MB); a clean
+    """Every large-output CPU op recycles every output (the real threshold is 4 MB); a clean
     cache before and after. Yields medmix_ops.ops._recycle."""
     from medmix_ops.ops import _recycle
 

@@ -100,7 +100,7 @@ def adm_mix(x: torch.Tensor, x_hat: torch.Tensor, perm: torch.Tensor, lam, *,
         out: optional ``Tensor[2B, C, H, W]`` of x's dtype and device (any strides) to write
             into, e.g. one buffer reused across batches: a fresh output's first-touch page
             faults cost more than the kernel on a CPU. It must not share memory with x or
-            x_hat; the results are views of it. Without ``out``, a CPU output of 32 MB or more
+            x_hat; the results are views of it. Without ``out``, a CPU output of 4 MB or more
             goes into a buffer kept from an earlier call once nothing references that one any
             more (glibc would map and fault a new one in on every call, 4x the kernel's time at
             32 x 3 x 224^2); ``medmix_ops.ops.clear_output_cache()`` drops the kept buffers.

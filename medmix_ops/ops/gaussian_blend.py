@@ -62,7 +62,7 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
         ``(out, lam)``, or ``(out, lam, alpha)`` with ``return_alpha``: ``out`` like ``a``
         (same dtype and memory format), ``lam`` ``Tensor[B]`` and ``alpha`` in float32 (float64
         for float64 images). Math is in float32 (float64 for float64 images). Without
-        ``out=``, a CPU ``out`` of 32 MB or more made without a gradient to record is a view of
+        ``out=``, a CPU ``out`` of 4 MB or more made without a gradient to record is a view of
         a buffer kept from an earlier call once nothing referenced that one any more (a fresh
         one is faulted in page by page on every call); ``medmix_ops.ops.clear_output_cache()``
         drops them.
@@ -122,7 +122,7 @@ def _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend, out=No
 
 
 def _recycled_output(a: torch.Tensor) -> torch.Tensor | None:
-    """A kept large CPU output for a blend of ``a`` (``_recycle``: a fresh one of 32 MB or
+    """A kept large CPU output for a blend of ``a`` (``_recycle``: a fresh one of 4 MB or
     more is faulted in page by page on every call), or None where the op allocates. Only for
     contiguous and channels_last images: the op's own output follows any other dense
     layout of ``a``, which the kept buffers do not."""
