@@ -113,15 +113,17 @@ MEDMIX_CPU_CLONES void round_row(float* __restrict__ v, int64_t n) {
   for (int64_t k = 0; k < n; ++k) v[k] = std::nearbyint(v[k]);
 }
 
-// One channel row of floats into the map row o, as source_map's row loops do.
-MEDMIX_CPU_CLONES void add_source_row(int64_t mode, const float* __restrict__ src, float wc, int64_t wd,
+// One channel row into the map row o: its weighted value, |value| summed, or |value|'s max
+// (|x| >= 0, so the zeroed row starts the max). Cloned: source_map itself has no AVX2 clone.
+template <typename T>
+MEDMIX_CPU_CLONES void add_source_row(int64_t mode, const T* __restrict__ src, float wc, int64_t wd,
                                       float* __restrict__ o) {
   if (mode == kSrcWeighted) {
-    for (int64_t j = 0; j < wd; ++j) o[j] += wc * src[j];
+    for (int64_t j = 0; j < wd; ++j) o[j] += wc * static_cast<float>(src[j]);
   } else if (mode == kSrcAbsSum) {
-    for (int64_t j = 0; j < wd; ++j) o[j] += std::fabs(src[j]);
+    for (int64_t j = 0; j < wd; ++j) o[j] += std::fabs(static_cast<float>(src[j]));
   } else {
-    for (int64_t j = 0; j < wd; ++j) o[j] = std::max(o[j], std::fabs(src[j]));
+    for (int64_t j = 0; j < wd; ++j) o[j] = std::max(o[j], std::fabs(static_cast<float>(src[j])));
   }
 }
 
@@ -136,27 +138,17 @@ void source_map(const T* p0, int64_t mode, int64_t si, int64_t sj, int64_t sc, i
       std::fill(o, o + wd, 0.f);
       for (int64_t c = 0; c < C; ++c) {
         const T* src = p0 + i * si + c * sc;
+        const float wc = w ? w[c] : 0.f;
         if constexpr (std::is_same_v<T, c10::Half>) {  // the row as floats through F16C (exact)
           if (cpu_has_f16c()) {
             thread_local std::vector<float> row;
             row.resize(wd);
             half_to_float(src, row.data(), wd);
-            add_source_row(mode, row.data(), w ? w[c] : 0.f, wd, o);
+            add_source_row<float>(mode, row.data(), wc, wd, o);
             continue;
           }
         }
-        if constexpr (std::is_same_v<T, float>) {  // (the AVX2 clone; this function has none)
-          add_source_row(mode, src, w ? w[c] : 0.f, wd, o);
-          continue;
-        }
-        if (mode == kSrcWeighted) {
-          const float wc = w[c];
-          for (int64_t j = 0; j < wd; ++j) o[j] += wc * static_cast<float>(src[j]);
-        } else if (mode == kSrcAbsSum) {
-          for (int64_t j = 0; j < wd; ++j) o[j] += std::fabs(static_cast<float>(src[j]));
-        } else {  // kSrcAbsMax: |x| >= 0, so starting from 0 is the max
-          for (int64_t j = 0; j < wd; ++j) o[j] = std::max(o[j], std::fabs(static_cast<float>(src[j])));
-        }
+        add_source_row<T>(mode, src, wc, wd, o);
       }
     } else {
       for (int64_t j = 0; j < wd; ++j) o[j] = saliency_source<T>(mode, p0 + i * si + j * sj, sc, C, w);

@@ -8,12 +8,12 @@ call: on the 2-core VM of the committed results, 12 ms a call where adm_mix's ke
 and 19.6 ms where Mixup's blend takes ~5. Smaller blocks come from the heap, but whether their
 pages are still mapped depends on the process's allocation history (heap trimming): a 19 MB
 blend output (32 x 3 x 224^2) faulted all 4672 of its pages on every call in some benchmark
-runs and none in others (8.3 against 4.5 ms). Hence from 4 MB up. Like the CUDA caching allocator, the ops keep the last
-outputs of each thread (two per shape, dtype and layout; four in all) and write a later call's
-output into one once nothing references its memory any more (the storage's reference count, so
-views, numpy arrays and autograd's saved tensors all count); the caller only ever gets views,
-never the kept tensor itself, whose Python references the storage count does not see. Never
-reused: a buffer moved into shared memory (another process maps it) and, outside inference
+runs and none in others (8.3 against 4.5 ms). Hence from 4 MB up. Like the CUDA caching
+allocator, the ops keep the last outputs of each thread (two per shape, dtype and layout; four
+in all) and write a later call's output into one once nothing references its memory any more
+(the storage's reference count, so views, numpy arrays and autograd's saved tensors all count);
+the caller only ever gets views, never the kept tensor itself, whose Python references the
+storage count does not see. Never reused: a buffer moved into shared memory (another process maps it) and, outside inference
 mode, an inference tensor (or inside it, a normal one). clear_output_cache() hands them back.
 """
 from __future__ import annotations

@@ -95,7 +95,7 @@ def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: 
         raise TypeError(f"{OP}: return_alpha must be a bool, got {type(return_alpha).__name__}")
     if out is not None:
         check_out(OP, out, a.shape, a.dtype, a.device, {"a": a, "b": b, "mask": mask})
-        if (a.requires_grad or b.requires_grad) and torch.is_grad_enabled():
+        if _records_grad(a, b):
             raise ValueError(f"{OP}: out= records no gradient, but a or b requires grad; call it "
                              f"under torch.no_grad() or leave out unset")
     sigma_t, max_radius = sigma_to_tensor(OP, sigma, a.shape[0], a.device)
@@ -112,13 +112,18 @@ def _run(a, b, mask, sigma_t, max_radius, return_alpha, b_index, backend, out=No
         res = _ref.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
         return res if out is None else (out.copy_(res[0]), *res[1:])
     ns = _backend.ops_namespace(which)
-    if out is None and which == "cpu" and not ((a.requires_grad or b.requires_grad) and torch.is_grad_enabled()):
+    if out is None and which == "cpu" and not _records_grad(a, b):
         out = _recycled_output(a)
     if out is not None:  # (the caller's: checked, no gradient recorded; or a recycled one)
         lam, alpha = ns.gaussian_blend_out(a, b, mask, sigma_t, max_radius, return_alpha, b_index, out)
         return out, lam, alpha
     # "cpu" / "cuda": the C++ op dispatches on the device itself
     return ns.gaussian_blend(a, b, mask, sigma_t, max_radius, return_alpha, b_index)
+
+
+def _records_grad(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Autograd would record this blend: the output must then be a fresh tensor of the op."""
+    return (a.requires_grad or b.requires_grad) and torch.is_grad_enabled()
 
 
 def _recycled_output(a: torch.Tensor) -> torch.Tensor | None:
@@ -145,8 +150,7 @@ def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: f
     if b_index is not None and (b_index.dtype != torch.int64
                                 or not (b_index.is_cpu and a.is_cpu) and b_index.device != a.device):
         b_index = to_device(b_index, a.device, torch.int64)
-    records_grad = (a.requires_grad or b.requires_grad) and torch.is_grad_enabled()
-    if not (records_grad or torch.compiler.is_compiling() or _BELOW_AUTOGRAD is None):
+    if not (_records_grad(a, b) or torch.compiler.is_compiling() or _BELOW_AUTOGRAD is None):
         device = a.device
         which = _backend.resolve(OP, backend, device)
         if which != "reference" and mask.dtype == opmath_dtype(a.dtype):
