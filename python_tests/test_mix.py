@@ -82,6 +82,20 @@ def test_contract(name):
 
 
 @pytest.mark.parametrize("name", POLICIES)
+def test_grey_synthlesion_batches(name):
+    """Every policy built by make_policy mixes a 1-channel SynthLesion batch (MedDiffuseMix's
+    default LesionProbe used to be a 3-channel conv and raised a raw conv shape error)."""
+    ds = SynthLesion(6, size=32, seed=0, channels=1)
+    idx = list(range(6))
+    x, seg = ds.render(idx)
+    y = ds.labels[idx]
+    out_x, out_y = run(build(name, ds), ds, idx, x, y)
+    rows = 12 if name == "varimix" else 6
+    assert out_x.shape == (rows, 1, 32, 32) and torch.isfinite(out_x).all()
+    assert torch.allclose(out_y.sum(1), torch.ones(rows), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", POLICIES)
 def test_channels_last_batches_stay_channels_last(name):
     """A channels_last batch (what a channels_last model is fed) comes back channels_last, with
     the same values as the contiguous batch (SPMix's class-balanced anchors went NCHW)."""

@@ -9,7 +9,10 @@ import torch
 
 class BlobProbe(torch.nn.Module):
     """A hand-built 'classifier' that scores bright blobs (Laplacian-of-Gaussian filter, relu,
-    global pooling): gradient and Grad-CAM saliency of it point at blobs without any training."""
+    global pooling): gradient and Grad-CAM saliency of it point at blobs without any training.
+
+    Takes ``[B, C, H, W]`` images with any number of channels: the filter sees their channel
+    mean, so grey (C = 1) and RGB SynthLesion batches both work."""
 
     def __init__(self, sigma: float = 3.0):
         super().__init__()
@@ -18,16 +21,17 @@ class BlobProbe(torch.nn.Module):
         yy, xx = torch.meshgrid(t, t, indexing="ij")
         q = (xx ** 2 + yy ** 2) / (2 * sigma ** 2)
         log = -(1 - q) * torch.exp(-q)  # negative LoG: positive on bright blobs
-        self.features = torch.nn.Conv2d(3, 2, 2 * r + 1, padding=r, bias=False)
+        self.features = torch.nn.Conv2d(1, 2, 2 * r + 1, padding=r, bias=False)
         with torch.no_grad():
-            self.features.weight.copy_(torch.stack([log - log.mean(), -(log - log.mean())])[:, None]
-                                       .expand(2, 3, 2 * r + 1, 2 * r + 1) / 3)
+            self.features.weight.copy_(torch.stack([log - log.mean(), -(log - log.mean())])[:, None])
         self.head = torch.nn.Linear(2, 2, bias=False)
         with torch.no_grad():
             self.head.weight.copy_(torch.eye(2))
 
     def forward(self, x):
-        return self.head(torch.relu(self.features(x)).mean(dim=(2, 3)))
+        # The channel mean, not a 3-channel filter: the probe must not care how many channels
+        # the batch has (a 1-channel SynthLesion batch used to fail in MedDiffuseMix).
+        return self.head(torch.relu(self.features(x.mean(dim=1, keepdim=True))).mean(dim=(2, 3)))
 
 
 class LesionProbe(BlobProbe):
