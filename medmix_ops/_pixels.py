@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 
 from ._transfer import device_constant
+from ._validation import is_real
 
 
 class PixelSpace:
@@ -34,7 +35,7 @@ class PixelSpace:
 
     @staticmethod
     def _values(owner, name, v, positive):
-        vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        vals = [v] if is_real(v) else v
         try:
             vals = [float(t) for t in vals]
         except (TypeError, ValueError):

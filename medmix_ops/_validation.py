@@ -2,11 +2,25 @@
 and what was received, and is a ValueError (bad value/shape) or TypeError (bad type/dtype)."""
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 from ._transfer import to_device
 
 IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
+
+
+def is_real(v) -> bool:
+    """A real number: int, float or a numpy scalar (``np.float32``, ``np.int64``: what indexing
+    an array gives), never a bool."""
+    return type(v) is float or type(v) is int or (isinstance(v, numbers.Real) and not isinstance(v, bool))
+
+
+def is_int(v) -> bool:
+    """An integer: int or a numpy integer scalar, never a bool."""
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -109,16 +123,20 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def per_sample_values(op: str, name: str, value, batch: int, device, lo: float, hi: float, *,
                       validate: bool = True) -> tuple[torch.Tensor, float]:
-    """A float, a sequence of `batch` numbers or a 0-D / [batch] floating tensor -> (float32
+    """A float, a sequence of `batch` numbers, a numpy array or a 0-D / [batch] floating tensor -> (float32
     [batch] tensor on device, the largest value as a host float). Values must be finite and in
     [lo, hi]. Floats, sequences and CPU tensors are checked for free; a CUDA tensor costs one
     host sync, skipped with validate=False (its largest value is then reported as hi), and
     skipped inside torch.compile."""
     import math
 
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{op}: {name} must be a float, a sequence or a tensor, got bool")
-    if isinstance(value, (int, float)):
+    if isinstance(value, np.ndarray):  # a numpy array of numbers: as a CPU tensor (free to check)
+        if value.dtype.kind not in "iuf":
+            raise TypeError(f"{op}: {name} array must hold numbers, got dtype {value.dtype}")
+        value = torch.from_numpy(np.asarray(value, dtype=np.float64))
+    if is_real(value):
         v = float(value)
         _check_range(op, name, v, lo, hi)
         return torch.full((batch,), v, dtype=torch.float32, device=device), v
@@ -127,7 +145,7 @@ def per_sample_values(op: str, name: str, value, batch: int, device, lo: float, 
             raise ValueError(f"{op}: {name} must have one value per sample ({batch}), got {len(value)}")
         values = []
         for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if not is_real(v):
                 raise TypeError(f"{op}: {name}[{i}] must be a number, got {type(v).__name__}")
             _check_range(op, f"{name}[{i}]", float(v), lo, hi)
             values.append(float(v))

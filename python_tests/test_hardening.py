@@ -110,6 +110,47 @@ def test_volumes_are_refused_with_a_hint(call):
         call()
 
 
+# ---- numpy numbers are numbers ----------------------------------------------------------------------
+
+def test_numpy_scalars_and_arrays_work_as_python_numbers():
+    """np.float32 / np.int64 scalars (what indexing an array gives) and numpy arrays of sigma /
+    lam give the same results as Python numbers; they used to be refused with a TypeError.
+    numpy bools stay refused."""
+    import numpy as np
+
+    from medmix_ops.data import SynthLesion
+
+    x = batch(0, (4, 3, 16, 16))
+    m = (batch(1, (4, 1, 16, 16)) > 0.5).float()
+    want = gaussian_blend(x, batch(2, (4, 3, 16, 16)), m, [1.0, 2.0, 3.0, 0.5])
+    for sigma in (np.array([1.0, 2.0, 3.0, 0.5], dtype=np.float32), [np.float32(1), np.int64(2), 3.0, np.float64(0.5)]):
+        got = gaussian_blend(x, batch(2, (4, 3, 16, 16)), m, sigma)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert torch.equal(gaussian_blend(x, x.flip(0), m, np.float32(2))[0], gaussian_blend(x, x.flip(0), m, 2.0)[0])
+    for bad in (np.bool_(True), np.array([True] * 4)):
+        with pytest.raises(TypeError, match="sigma"):
+            gaussian_blend(x, x, m, bad)
+
+    s = saliency(x, "spectral_residual")
+    assert torch.equal(patch_ratio_pool(s, s.flip(0), np.int64(4), np.float32(0.75))[0],
+                       patch_ratio_pool(s, s.flip(0), 4, float(np.float32(0.75)))[0])
+    assert torch.equal(saliency(x, "gradient", sigma=np.float32(2)), saliency(x, "gradient", sigma=2.0))
+    xh = batch(3, (4, 3, 16, 16))
+    assert torch.equal(adm_mix(x, xh, torch.tensor([1, 0, 3, 2]), np.float64(0.4))[0],
+                       adm_mix(x, xh, torch.tensor([1, 0, 3, 2]), 0.4)[0])
+
+    ds = SynthLesion(np.int64(6), size=np.int64(32), imbalance=np.float32(0.5))
+    assert torch.equal(ds[np.int64(3)][0], ds[3][0])
+    assert torch.equal(ds.counterfactual(np.int64(2), 1)[0], ds.counterfactual(2, 1)[0])
+    policy = mix.SPMix(np.int64(4), patch=np.int64(8), alpha=np.float32(0.75), partner="flip")
+    assert type(policy.num_classes) is int and type(policy.patch) is int
+    imgs, _ = ds.render(list(range(6)))
+    got = policy(imgs, ds.labels[:6], generator=torch.Generator().manual_seed(0))
+    want = mix.SPMix(4, patch=8, alpha=float(np.float32(0.75)), partner="flip")(
+        imgs, ds.labels[:6], generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 # ---- determinism ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["mixup", "cutmix", "saliencymix", "spmix", "varimix", "meddiffusemix", "genmix"])

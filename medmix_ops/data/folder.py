@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._validation import is_int
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 
@@ -68,7 +70,7 @@ class ImageFolder(torch.utils.data.Dataset):
             raise FileNotFoundError(f"ImageFolder: {self.root} is not a directory")
         if channels not in (1, 3):
             raise ValueError(f"ImageFolder: channels must be 1 or 3, got {channels}")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        if size is not None and (not is_int(size) or size < 1):
             raise ValueError(f"ImageFolder: size must be a positive int or None, got {size!r}")
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
         if not self.classes:
@@ -78,7 +80,7 @@ class ImageFolder(torch.utils.data.Dataset):
                         for f in sorted((self.root / name).rglob("*")) if f.suffix.lower() in exts]
         if not self.samples:
             raise ValueError(f"ImageFolder: no images with extensions {exts} under {self.root}")
-        self.size, self.channels = size, channels
+        self.size, self.channels = (None if size is None else int(size)), channels
         self.skipped: list[str] = []
         if skip_bad:
             good = []

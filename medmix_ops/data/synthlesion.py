@@ -24,6 +24,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .._validation import is_int, is_real
+
 CLASSES = ("normal", "cyst", "hemangioma", "metastasis")
 NORMAL = 0
 
@@ -49,7 +51,7 @@ class SynthLesion(torch.utils.data.Dataset):
     def __init__(self, n: int, size: int = 64, seed: int = 0, imbalance: float | None = None,
                  channels: int = 3):
         for name, v in (("n", n), ("size", size), ("seed", seed), ("channels", channels)):
-            if isinstance(v, bool) or not isinstance(v, int):
+            if not is_int(v):
                 raise TypeError(f"SynthLesion: {name} must be an int, got {type(v).__name__}")
         if n < 1:
             raise ValueError(f"SynthLesion: n must be >= 1, got {n}")
@@ -58,12 +60,12 @@ class SynthLesion(torch.utils.data.Dataset):
         if channels not in (1, 3):
             raise ValueError(f"SynthLesion: channels must be 1 or 3, got {channels}")
         if imbalance is not None:
-            if isinstance(imbalance, bool) or not isinstance(imbalance, (int, float)):
+            if not is_real(imbalance):
                 raise TypeError(f"SynthLesion: imbalance must be a float, got {type(imbalance).__name__}")
             if not 0 < imbalance <= 1:
                 raise ValueError(f"SynthLesion: imbalance must be in (0, 1], got {imbalance}")
-        self.n, self.size, self.seed, self.channels = n, size, seed, channels
-        self.imbalance = imbalance
+        self.n, self.size, self.seed, self.channels = int(n), int(size), int(seed), int(channels)
+        self.imbalance = None if imbalance is None else float(imbalance)
         self.labels = _assign_labels(n, len(CLASSES), seed, imbalance)
 
     def __len__(self) -> int:
@@ -103,16 +105,17 @@ class SynthLesion(torch.utils.data.Dataset):
         """Scene(s) i rendered with target_class's lesion (same texture, vessels, lesion
         place and size): ``(images, lesion_masks)``; i and target_class may be ints or
         sequences of equal length."""
-        if isinstance(i, int):
-            img, mask = self.render([i], [int(target_class)])
+        if is_int(i):
+            img, mask = self.render([int(i)], [int(target_class)])
             return img[0], mask[0]
         return self.render(list(i), target_class)
 
     def _index(self, i) -> int:
         if isinstance(i, torch.Tensor):
             i = int(i)
-        if isinstance(i, bool) or not isinstance(i, int):
+        if not is_int(i):
             raise TypeError(f"SynthLesion: index must be an int, got {type(i).__name__}")
+        i = int(i)
         if not -self.n <= i < self.n:
             raise IndexError(f"SynthLesion: index {i} out of range for {self.n} items")
         return i % self.n

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .._transfer import device_constant, to_device
-from .._validation import IMAGE_DTYPES, VOLUME_HINT
+from .._validation import IMAGE_DTYPES, VOLUME_HINT, is_int, is_real
 
 MODES = ("batch", "elem")
 # Integer label dtypes, and the unsigned view of each width the range check reads them through
@@ -107,12 +107,13 @@ class MixPolicy(torch.nn.Module):
                  backend: str = "auto", validate: bool = True):
         super().__init__()
         cls = type(self).__name__
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        if not is_int(num_classes) or num_classes < 1:
             raise ValueError(f"{cls}: num_classes must be an int >= 1, got {num_classes!r}")
+        num_classes = int(num_classes)
         for name, v, lo, hi, lo_open in (("alpha", alpha, 0.0, math.inf, True),
                                          ("label_smoothing", label_smoothing, 0.0, 1.0, False),
                                          ("prob", prob, 0.0, 1.0, False)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if not is_real(v):
                 raise TypeError(f"{cls}: {name} must be a number, got {type(v).__name__}")
             if not (math.isfinite(v) or v == math.inf) or v < lo or v > hi or (lo_open and v <= lo):
                 raise ValueError(f"{cls}: {name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")

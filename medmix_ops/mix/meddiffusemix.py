@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from .._transfer import to_device
+from .._validation import is_real
 from ..ops import gaussian_blend, saliency_from_model
 from ._base import MixPolicy
 
@@ -54,11 +55,11 @@ class MedDiffuseMix(MixPolicy):
             raise TypeError(f"MedDiffuseMix: generator must be callable(x, labels, keep_mask) or None, "
                             f"got {type(generator).__name__}")
         for name, v, lo, hi in (("q", q, 0.0, 1.0), ("kappa", kappa, 0.0, 1.0), ("strength", strength, 0.0, 1.0)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            if not is_real(v) or not lo <= v <= hi:
                 raise ValueError(f"MedDiffuseMix: {name} must be in [{lo}, {hi}], got {v!r}")
         if q == 0:
             raise ValueError("MedDiffuseMix: q must be > 0 (the kept diagnostic fraction)")
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
+        if not is_real(sigma) or not (math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"MedDiffuseMix: sigma must be a finite number >= 0, got {sigma!r}")
         if on_fail not in ("attenuate", "reject"):
             raise ValueError(f"MedDiffuseMix: on_fail must be 'attenuate' or 'reject', got {on_fail!r}")

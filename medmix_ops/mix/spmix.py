@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .._transfer import to_device
+from .._validation import is_int, is_real
 from ..ops import gaussian_blend, patch_ratio_pool, saliency
 from ._base import MixPolicy, _host_rng
 
@@ -36,18 +37,18 @@ class SPMix(MixPolicy):
     def __init__(self, num_classes: int, *, patch: int = 16, alpha: float = 0.8,
                  method: str = "fine_grained", label: str = "keep",
                  partner: str = "class_balanced", sigma: float = 0.0, **kwargs):
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+        if not is_real(alpha) or not 0 < alpha <= 1:
             raise ValueError(f"SPMix: alpha (the ratio cap) must be in (0, 1], got {alpha!r}")
         super().__init__(num_classes, alpha=1.0, partner=partner, **kwargs)
-        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        if not is_int(patch) or patch < 1:
             raise ValueError(f"SPMix: patch must be an int >= 1, got {patch!r}")
         if label not in ("keep", "soft"):
             raise ValueError(f"SPMix: label must be 'keep' or 'soft', got {label!r}")
         if method not in ("fine_grained", "spectral_residual"):
             raise ValueError(f"SPMix: method must be 'fine_grained' or 'spectral_residual', got {method!r}")
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
+        if not is_real(sigma) or not (math.isfinite(sigma) and sigma >= 0):
             raise ValueError(f"SPMix: sigma must be a finite number >= 0, got {sigma!r}")
-        self.patch, self.ratio_cap, self.method = patch, float(alpha), method
+        self.patch, self.ratio_cap, self.method = int(patch), float(alpha), method
         self.label, self.sigma = label, float(sigma)
 
     def _sample(self, B, labels, rng, x):

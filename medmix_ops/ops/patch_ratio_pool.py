@@ -7,7 +7,7 @@ import torch
 
 from .. import _backend
 from .. import reference as _ref
-from .._validation import check_same, check_tensor
+from .._validation import check_same, check_tensor, is_int, is_real
 
 OP = "patch_ratio_pool"
 
@@ -44,12 +44,14 @@ def patch_ratio_pool(s_a: torch.Tensor, s_b: torch.Tensor, patch: int, alpha: fl
         if not s.dtype.is_floating_point:
             raise TypeError(f"{OP}: {name} must be floating, got {s.dtype}")
     check_same(OP, "s_a", s_a, "s_b", s_b, dtype=False)
-    if isinstance(patch, bool) or not isinstance(patch, int):
+    if not is_int(patch):
         raise TypeError(f"{OP}: patch must be an int, got {type(patch).__name__}")
+    patch = int(patch)
     if patch < 1:
         raise ValueError(f"{OP}: patch must be >= 1, got {patch}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    if not is_real(alpha):
         raise TypeError(f"{OP}: alpha must be a number, got {type(alpha).__name__}")
+    alpha = float(alpha)
     if not (math.isfinite(alpha) and 0 < alpha <= 1):
         raise ValueError(f"{OP}: alpha must be in (0, 1], got {alpha}")
     for name, flag in (("pad", pad), ("expand", expand)):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from .. import _backend
 from .._transfer import device_constant, to_device
 from ..reference import saliency as _ref
-from .._validation import check_tensor, opmath_dtype  # noqa: F401  (opmath_dtype: API symmetry)
+from .._validation import check_tensor, is_int, is_real, opmath_dtype  # noqa: F401  (opmath_dtype: API symmetry)
 
 OP = "saliency"
 METHODS = ("spectral_residual", "fine_grained", "gradient", "gradcam")
@@ -137,7 +137,7 @@ def _check_options(method, grads, size, reduce, sigma) -> None:
     if reduce is not None and reduce not in ("max", "sum"):
         raise ValueError(f"{OP}(gradient): reduce must be 'max' or 'sum', got {reduce!r}")
     if sigma is not None:
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        if not is_real(sigma):
             raise TypeError(f"{OP}(gradient): sigma must be a number, got {type(sigma).__name__}")
         if not math.isfinite(sigma) or not 0 <= sigma <= 100:
             raise ValueError(f"{OP}(gradient): sigma must be finite and in [0, 100], got {sigma}")
@@ -149,7 +149,7 @@ def _check_size(size):
     if isinstance(size, torch.Size):
         size = tuple(size)
     if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)):
+            or not all(is_int(s) and s >= 1 for s in size)):
         raise ValueError(f"{OP}(gradcam): size must be two positive ints (H, W), got {size!r}")
     return int(size[0]), int(size[1])
 
@@ -225,10 +225,10 @@ def _target_score(logits: torch.Tensor, target, validate: bool = True) -> torch.
     B, K = logits.shape
     if target is None:
         target = logits.argmax(dim=1)
-    elif isinstance(target, int) and not isinstance(target, bool):
+    elif is_int(target):
         if not 0 <= target < K:
             raise ValueError(f"saliency_from_model: target class {target} is not in [0, {K})")
-        target = torch.full((B,), target, dtype=torch.long, device=logits.device)
+        target = torch.full((B,), int(target), dtype=torch.long, device=logits.device)
     elif isinstance(target, torch.Tensor):
         if target.dtype.is_floating_point or target.dim() != 1 or target.shape[0] != B:
             raise ValueError(f"saliency_from_model: target must be [B] = [{B}] class indices, got "
