@@ -610,16 +610,14 @@ def format_table(result: dict) -> str:
                          f"{r['images_per_s']:>10,.0f}{r['gbps']:>8.1f}{r['pct_copy_bw']:>6.0f}%{peak:>9}{fl:>8}  {sp}")
         steady = grp.get("back_to_back_ms")
         if steady:
-            base = {r["provider"]: r["baseline"] for r in grp["rows"]}
             parts = [f"{k} {v:.3f} ms" for k, v in steady.items()]
-            ratios = [f"{o} {steady[b] / steady[o]:.1f}x {b}" for o in steady if not base.get(o)
-                      for b in steady if base.get(b)]
+            ratios = [f"{o} {ratio:.1f}x {b}" for o in steady for b, ratio in _back_to_back_speedups(grp, o)]
             lines.append(f"  back to back (each alone, steady state): {', '.join(parts)}"
                          + (f"; {', '.join(ratios)}" if ratios else ""))
         for n in grp["notes"]:
             lines.append(f"  note: {n}")
-    e2e = result.get("end_to_end")
-    if e2e and "policies" in e2e:
+    e2e = _end_to_end_of(result)
+    if e2e:
         lines += ["", f"end to end: {e2e['model']} B={e2e['batch']} {e2e['size']}px amp={e2e['amp']}: "
                       f"training step {e2e['step_ms']:.1f} ms"]
         for k, v in e2e["policies"].items():
@@ -709,16 +707,30 @@ def summary_markdown(result: dict) -> str:
         best = min(ours, key=lambda r: r["median_ms"])
         sp = ", ".join(f"{k} **{v:.1f}x**" if v >= 1 else f"{k} {v:.2f}x"
                        for k, v in sorted(best.get("speedup", {}).items(), key=lambda kv: -kv[1]))
-        steady = grp.get("back_to_back_ms", {})
-        base = {r["provider"]: r["baseline"] for r in grp["rows"]}
-        if best["provider"] in steady:
-            sp += "; back to back: " + ", ".join(
-                f"{b} {steady[b] / steady[best['provider']]:.1f}x" for b in steady if base.get(b))
+        steady = _back_to_back_speedups(grp, best["provider"])
+        if steady:
+            sp += "; back to back: " + ", ".join(f"{b} {ratio:.1f}x" for b, ratio in steady)
         lines.append(f"| {grp['name']} | {grp['config']} | {best['median_ms']:.2f} | "
                      f"{best['gbps']:.1f} ({best['pct_copy_bw']:.0f}%) | {sp} |")
-    e2e = result.get("end_to_end")
-    if e2e and "policies" in e2e:
+    e2e = _end_to_end_of(result)
+    if e2e:
         lines += ["", f"Share of one {e2e['model']} training step (B={e2e['batch']}, {e2e['size']} px, "
                       f"AMP {e2e['amp']}, {e2e['step_ms']:.0f} ms): "
                   + ", ".join(f"{k} {100 * v['share_of_step']:.1f}%" for k, v in e2e["policies"].items()) + "."]
     return "\n".join(lines)
+
+
+def _back_to_back_speedups(grp: dict, provider: str) -> list[tuple[str, float]]:
+    """[(baseline, its back-to-back time / provider's)] for a group timed back to back; empty
+    when the provider is a baseline itself or was not timed that way."""
+    steady = grp.get("back_to_back_ms") or {}
+    base = {r["provider"]: r["baseline"] for r in grp["rows"]}
+    if provider not in steady or base.get(provider):
+        return []
+    return [(b, steady[b] / steady[provider]) for b in steady if base.get(b)]
+
+
+def _end_to_end_of(result: dict) -> dict | None:
+    """The run's training-step shares, when it measured them."""
+    e2e = result.get("end_to_end")
+    return e2e if e2e and "policies" in e2e else None

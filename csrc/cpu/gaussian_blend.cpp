@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <tuple>
@@ -60,6 +62,92 @@ std::vector<int64_t> partner_chain_order(int64_t B, const int64_t* b_rows) {
   return order;
 }
 
+// ---- flat rows: a blurred row whose whole window is one value ----
+// Most of a box or blob mask is 0 or 1 far from its edges. Where every mask row that a blurred
+// row reads (rows h - r .. h + r, reflected) holds one value v in every pixel, both passes of
+// the blur see only v, so every pixel of that row gets the same value: the tap chain
+// ((0 + taps[0] v) + taps[1] v) + ... of the vertical pass, then of the horizontal pass over
+// its result. Those are the very operations, in the very order, that weighted_rows runs on
+// every lane (no FMA), so the row is filled with that value at the same bits, without the
+// 2 (2r + 1) multiply-adds a pixel. A NaN never counts as flat (NaN != NaN).
+// MEDMIX_DISABLE_FLAT_ROWS=1 in the environment (read once) blurs every row: the tests compare
+// the two paths' bits that way.
+bool flat_rows_enabled() {
+  static const bool on = [] {
+    const char* off = std::getenv("MEDMIX_DISABLE_FLAT_ROWS");
+    return !(off && off[0] && off[0] != '0');
+  }();
+  return on;
+}
+
+// Whether every one of the n values equals v: vector compares in blocks of 64 bytes x 4, so a
+// row that is not flat usually stops within its first block.
+template <typename T>
+MEDMIX_CPU_CLONES bool all_equal(const T* __restrict__ a, int64_t n, T v) {
+  typedef T Vec __attribute__((vector_size(32)));
+  using Mask = decltype(Vec{} == Vec{});
+  constexpr int64_t kLanes = 32 / sizeof(T), kVecs = 4, kBlock = kLanes * kVecs;
+  const Vec vv = Vec{} + v;
+  int64_t k = 0;
+  for (; k + kBlock <= n; k += kBlock) {
+    Mask same = ~Mask{};  // all lanes set
+#pragma GCC unroll 4
+    for (int64_t j = 0; j < kVecs; ++j) {
+      Vec x;
+      std::memcpy(&x, a + k + j * kLanes, sizeof(Vec));
+      same &= x == vv;
+    }
+    for (int64_t l = 0; l < kLanes; ++l)
+      if (!same[l]) return false;
+  }
+  for (; k < n; ++k)
+    if (!(a[k] == v)) return false;
+  return true;
+}
+
+// The tap chain of one pass over a constant input v: weighted_rows' per-lane arithmetic.
+template <typename acc_t>
+acc_t tap_chain(const acc_t* taps, int64_t ntaps, acc_t v) {
+  acc_t acc = acc_t(0);
+  for (int64_t t = 0; t < ntaps; ++t) acc += taps[t] * v;
+  return acc;
+}
+
+// For each mask row (b, h): flat_end[b * H + h] = the last row of the run of flat rows with
+// one value that starts at h (h - 1 when row h is not flat), flat_value the row's value. A
+// blurred row h of radius r is flat when flat_end[lo] >= hi for lo = max(0, h - r),
+// hi = min(H - 1, h + r): every row its window reads, reflected ones included, lies in
+// [lo, hi]. Only samples with a radius are scanned.
+template <typename acc_t>
+void find_flat_rows(const acc_t* m, const float* sigma, int64_t B, int64_t H, int64_t W,
+                    std::vector<int32_t>& flat_end, std::vector<acc_t>& flat_value) {
+  flat_end.assign(B * H, -1);
+  flat_value.assign(B * H, acc_t(0));
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W));
+  at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      if (gaussian_radius(sigma[row / H]) == 0) continue;
+      const acc_t* mr = m + row * W;
+      if (all_equal(mr, W, mr[0])) {
+        flat_value[row] = mr[0];
+        flat_end[row] = 0;  // flat; its run's end is set below
+      }
+    }
+  });
+  for (int64_t bi = 0; bi < B; ++bi) {
+    int32_t* fe = flat_end.data() + bi * H;
+    const acc_t* fv = flat_value.data() + bi * H;
+    for (int64_t h = H - 1; h >= 0; --h) {
+      if (fe[h] < 0) {
+        fe[h] = static_cast<int32_t>(h - 1);
+      } else {
+        const bool joins_next = h + 1 < H && fe[h + 1] >= h + 1 && fv[h + 1] == fv[h];
+        fe[h] = joins_next ? fe[h + 1] : static_cast<int32_t>(h);
+      }
+    }
+  }
+}
+
 // Calls consume(b, h, alpha_row) for every row of every sample, in parallel over rows.
 // mask: contiguous [B, 1, H, W] of acc_t; sigma: contiguous float32 [B].
 // Samples are visited in `order` (partner_chain_order).
@@ -69,6 +157,10 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
   const int64_t B = mask.size(0), H = mask.size(2), W = mask.size(3);
   const acc_t* m = mask.data_ptr<acc_t>();
   const float* s = sigma.data_ptr<float>();  // radii checked by the caller (check_radii)
+  std::vector<int32_t> flat_end;
+  std::vector<acc_t> flat_value;
+  const bool flat = max_radius > 0 && H <= INT32_MAX && flat_rows_enabled();
+  if (flat) find_flat_rows(m, s, B, H, W, flat_end, flat_value);
   // ~64K element touches per task keeps scheduling overhead small on small images.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, W * (C + 2)));
   at::parallel_for(0, B * H, grain, [&](int64_t begin, int64_t end) {
@@ -87,6 +179,16 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
       if (r == 0) {  // sigma = 0: the mask row is alpha (hard masks, Mixup's constant masks)
         consume(bi, h, mb + h * W);
         continue;
+      }
+      if (flat) {
+        const int64_t lo = std::max<int64_t>(0, h - r), hi = std::min<int64_t>(H - 1, h + r);
+        if (flat_end[bi * H + lo] >= hi) {
+          const int64_t n = 2 * r + 1;
+          const acc_t v = tap_chain(taps.data(), n, tap_chain(taps.data(), n, flat_value[bi * H + lo]));
+          std::fill(alpha.begin(), alpha.end(), v);
+          consume(bi, h, alpha.data());
+          continue;
+        }
       }
       // Vertical pass into padded[r .. r + W): mask rows h - r .. h + r (reflected).
       acc_t* col = padded.data() + r;
