@@ -3,6 +3,9 @@ definitions in DESIGN.md, sharing no code with medmix_ops)."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -72,3 +75,19 @@ def assert_close(actual: torch.Tensor, expected, atol: float, rtol: float, what:
             f"{what}: {int(bad.sum())}/{bad.size} elements differ; max error {err.max():.3g} "
             f"(atol {atol}, rtol {rtol}); first at {idx}: got {act[idx]!r}, expected {exp[idx]!r}"
         )
+
+
+def run_script_under_envs(tmp_path, script: str, envs: dict, timeout: int = 600) -> dict:
+    """Runs the Python source `script` once per {name: extra environment}, each in a fresh
+    process (kernel switches read their environment once per process), with the path of a
+    .pt file as its argument; returns {name: what the script torch.save'd there}."""
+    path = tmp_path / "cases.py"
+    path.write_text(script)
+    runs = {}
+    for name, env in envs.items():
+        out = tmp_path / f"{name}.pt"
+        res = subprocess.run([sys.executable, str(path), str(out)], env={**os.environ, **env},
+                             capture_output=True, text=True, timeout=timeout)
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs[name] = torch.load(out)
+    return runs

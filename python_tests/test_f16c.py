@@ -1,13 +1,10 @@
 """fp16 on the CPU through F16C (csrc/cpu/half_f16c.h): where the CPU has it, fp16 runs are
 converted to float in blocks, the float32 loops run on them and the results are rounded back;
 MEDMIX_DISABLE_F16C=1 keeps c10's conversion loops. Both paths must give the same bits."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from helpers import run_script_under_envs
 
 _F16C_CASES = """
 import sys, torch
@@ -64,15 +61,7 @@ def test_f16c_fp16_path_gives_the_bits_of_the_c10_loops(tmp_path):
     pattern, through the blend's constant, soft, blurred, channels_last and backward runs, and
     through adm_mix / adm_mask and saliency on fp16 images, the two give the same bits, NaN
     payloads aside (a NaN stays a NaN)."""
-    script = tmp_path / "cases.py"
-    script.write_text(_F16C_CASES)
-    runs = {}
-    for name, env in (("f16c", {}), ("c10", {"MEDMIX_DISABLE_F16C": "1"})):
-        out = tmp_path / f"{name}.pt"
-        res = subprocess.run([sys.executable, str(script), str(out)], env={**os.environ, **env},
-                             capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr[-2000:]
-        runs[name] = torch.load(out)
+    runs = run_script_under_envs(tmp_path, _F16C_CASES, {"f16c": {}, "c10": {"MEDMIX_DISABLE_F16C": "1"}})
     for key, fast in runs["f16c"].items():
         slow = runs["c10"][key]
         as_int = {2: torch.int16, 4: torch.int32}[fast.element_size()]

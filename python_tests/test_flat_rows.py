@@ -1,11 +1,9 @@
 """gaussian_blend's flat rows on the CPU (csrc/cpu/gaussian_blend.cpp): a blurred row whose
 whole window is one mask value is filled with that value's tap chain instead of being blurred.
 MEDMIX_DISABLE_FLAT_ROWS=1 blurs every row; both paths must give the same bits."""
-import os
-import subprocess
-import sys
-
 import torch
+
+from helpers import run_script_under_envs
 
 _CASES = """
 import sys, torch
@@ -63,15 +61,7 @@ def test_flat_rows_give_the_bits_of_the_full_blur(tmp_path):
     """Box, blob and banded masks, rows of one value other than 0 / 1, -0.0 next to +0.0, a NaN
     row; sigma 0 to 40 (radius beyond the image), H from 1 to 130, five dtypes, channels_last with
     b_index, alpha, lam and the backward: the flat-row path and the full blur agree bit for bit."""
-    script = tmp_path / "cases.py"
-    script.write_text(_CASES)
-    runs = {}
-    for name, env in (("flat", {}), ("full", {"MEDMIX_DISABLE_FLAT_ROWS": "1"})):
-        out = tmp_path / f"{name}.pt"
-        res = subprocess.run([sys.executable, str(script), str(out)], env={**os.environ, **env},
-                             capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, res.stderr[-2000:]
-        runs[name] = torch.load(out)
+    runs = run_script_under_envs(tmp_path, _CASES, {"flat": {}, "full": {"MEDMIX_DISABLE_FLAT_ROWS": "1"}})
     assert runs["flat"].keys() == runs["full"].keys() and len(runs["flat"]) > 400
     for key, fast in runs["flat"].items():
         slow = runs["full"][key]
