@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <tuple>
@@ -22,6 +21,7 @@
 #include "../common/gaussian_taps.h"
 #include "../common/strides.h"
 #include "clones.h"
+#include "env_flags.h"
 #include "half_f16c.h"
 #include "pixel_io.h"
 
@@ -73,10 +73,7 @@ std::vector<int64_t> partner_chain_order(int64_t B, const int64_t* b_rows) {
 // MEDMIX_DISABLE_FLAT_ROWS=1 in the environment (read once) blurs every row: the tests compare
 // the two paths' bits that way.
 bool flat_rows_enabled() {
-  static const bool on = [] {
-    const char* off = std::getenv("MEDMIX_DISABLE_FLAT_ROWS");
-    return !(off && off[0] && off[0] != '0');
-  }();
+  static const bool on = !env_flag_on("MEDMIX_DISABLE_FLAT_ROWS");
   return on;
 }
 

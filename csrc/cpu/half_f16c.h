@@ -16,7 +16,8 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
-#include <cstdlib>
+
+#include "env_flags.h"
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -33,8 +34,7 @@ constexpr int64_t kHalfBlock = 512;  // elements per conversion block (3 float b
 
 inline bool cpu_has_f16c() {
   static const bool has = [] {
-    const char* off = std::getenv("MEDMIX_DISABLE_F16C");
-    if (off && off[0] && off[0] != '0') return false;
+    if (env_flag_on("MEDMIX_DISABLE_F16C")) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
   }();
