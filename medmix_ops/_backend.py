@@ -167,9 +167,15 @@ def ops_namespace(backend: str):
     return torch.ops.medmix_triton if backend == "triton" else torch.ops.medmix
 
 
+# Every fake kernel registered by register_fake_both, by op name: another namespace with the
+# same schemas (the tests' emulated CUDA kernels) registers the same ones.
+FAKE_KERNELS: dict = {}
+
+
 def register_fake_both(name: str, fn) -> None:
     """Registers fn as the fake (meta) kernel of medmix_triton::<name> and, when the extension is
     loaded, of medmix::<name>: both namespaces share one schema per op."""
+    FAKE_KERNELS[name] = fn
     torch.library.register_fake(f"medmix_triton::{name}", fn)
     if extension_loaded():
         torch.library.register_fake(f"medmix::{name}", fn)

@@ -154,7 +154,7 @@ def blend_trusted(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: f
         device = a.device
         which = _backend.resolve(OP, backend, device)
         if which != "reference" and mask.dtype == opmath_dtype(a.dtype):
-            op = torch.ops.medmix_triton if which == "triton" else torch.ops.medmix
+            op = _backend.ops_namespace(which)
             sigma_t = _constant_sigma(a.shape[0], float(sigma), device)
             out = _recycled_output(a) if which == "cpu" else None
             with _BELOW_AUTOGRAD():
@@ -274,7 +274,6 @@ def _fake_out(a, b, mask, sigma, max_radius, return_alpha, b_index, out):
 
 
 _register("medmix_triton")
-torch.library.register_fake("medmix_triton::gaussian_blend_out", _fake_out)
 if _backend.extension_loaded():
     _register("medmix")
-    torch.library.register_fake("medmix::gaussian_blend_out", _fake_out)
+_backend.register_fake_both("gaussian_blend_out", _fake_out)
