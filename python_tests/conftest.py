@@ -24,6 +24,8 @@ def fuzz(n: int):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
+EMULATED_CUDA = ("cpu", "cuda")
+
 # Every backend that runs on this machine is tested, none silently skipped: a missing extension
 # or Triton fails the tests. Only the GPU pairs skip when there is no GPU.
 DEVICE_BACKENDS = [
@@ -31,6 +33,10 @@ DEVICE_BACKENDS = [
     pytest.param(("cpu", "cpu"), id="cpu-cpp"),
     pytest.param(("cpu", "triton"), id="cpu-triton", marks=pytest.mark.skipif(
         HAS_CUDA, reason="with a GPU, Triton is tested on CUDA tensors")),
+    # The CUDA kernels' code on CPU tensors, through the emulator in python_tests/cuda_emu
+    # (with a GPU, the real ones are tested instead).
+    pytest.param(EMULATED_CUDA, id="cpu-cuda-emulated", marks=pytest.mark.skipif(
+        HAS_CUDA, reason="with a GPU, the CUDA kernels are tested on it")),
     pytest.param(("cuda", "reference"), id="cuda-reference", marks=needs_gpu),
     pytest.param(("cuda", "cuda"), id="cuda-cuda", marks=needs_gpu),
     pytest.param(("cuda", "triton"), id="cuda-triton", marks=needs_gpu),
@@ -38,14 +44,24 @@ DEVICE_BACKENDS = [
 KERNEL_BACKENDS = [p for p in DEVICE_BACKENDS if p.values[0][1] != "reference"]
 
 
+def _backend_pair(request):
+    if request.param == EMULATED_CUDA:
+        from cuda_emu import emulated_cuda_backend
+
+        with emulated_cuda_backend():
+            yield request.param
+    else:
+        yield request.param
+
+
 @pytest.fixture(params=DEVICE_BACKENDS)
 def device_backend(request):
-    return request.param
+    yield from _backend_pair(request)
 
 
 @pytest.fixture(params=KERNEL_BACKENDS)
 def kernel_backend(request):
-    return request.param
+    yield from _backend_pair(request)
 
 
 @pytest.fixture

@@ -53,7 +53,8 @@ OP_CASES = {
 
 
 @pytest.mark.parametrize("case", list(OP_CASES))
-@pytest.mark.parametrize("device_backend", [pytest.param(("cpu", "reference"), id="cpu-reference"), *KERNEL_BACKENDS])
+@pytest.mark.parametrize("device_backend", [pytest.param(("cpu", "reference"), id="cpu-reference"), *KERNEL_BACKENDS],
+                         indirect=True)
 def test_nan_stays_in_its_sample(device_backend, case):
     device, backend = device_backend
     x = batch().to(device)

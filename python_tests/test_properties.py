@@ -55,7 +55,7 @@ def on(device, *tensors):
 
 # ---- gaussian_blend ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS, indirect=True)
 def test_gaussian_blend_properties(device_backend):
     device, backend = device_backend
 
@@ -90,7 +90,7 @@ def test_gaussian_blend_properties(device_backend):
 
 # ---- saliency ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS, indirect=True)
 def test_image_saliency_properties(device_backend):
     device, backend = device_backend
 
@@ -132,7 +132,7 @@ def test_image_saliency_properties(device_backend):
     check()
 
 
-@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS, indirect=True)
 def test_gradcam_properties(device_backend):
     device, backend = device_backend
 
@@ -155,7 +155,7 @@ def test_gradcam_properties(device_backend):
 
 # ---- patch_ratio_pool ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS, indirect=True)
 def test_patch_ratio_pool_properties(device_backend):
     device, backend = device_backend
 
@@ -212,7 +212,7 @@ def _mask_agrees(mask, ref_mask, what):
     assert diff <= 0.005, f"{what}: {diff:.2%} of mask pixels differ from the reference"
 
 
-@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS, indirect=True)
 def test_adm_mask_properties(device_backend):
     device, backend = device_backend
 
@@ -236,7 +236,7 @@ def test_adm_mask_properties(device_backend):
     check()
 
 
-@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("device_backend", KERNEL_BACKENDS, indirect=True)
 def test_adm_mix_properties(device_backend):
     device, backend = device_backend
 

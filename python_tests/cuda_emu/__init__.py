@@ -1,0 +1,63 @@
+"""The CUDA kernels of csrc/cuda, run on the CPU by an emulator of the CUDA execution model
+(cuda_emu.h), so that machines without a GPU test their code: the tests' "cpu-cuda-emulated"
+backend pair runs every op test with backend="cuda" on CPU tensors through these kernels.
+
+What it proves and what it does not: the kernels' indexing, tiling, reductions, barrier
+placement, shuffles and launch sizes, checked against the references on the same odd shapes,
+dtypes and layouts as the other backends. Not: the CUDA compiler, real concurrency (races),
+memory coalescing or speed. A GPU run is still what makes a CUDA kernel done.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+
+import pytest
+import torch
+
+from . import build
+
+NAMESPACE = build.NAMESPACE
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> None:
+    """Builds and loads the emulated kernels once per process and gives them the fake kernels
+    and autograd formulas the library registers for its own namespaces."""
+    from medmix_ops import _backend
+
+    # (the module, not the function medmix_ops.ops re-exports under the same name)
+    blend_module = importlib.import_module("medmix_ops.ops.gaussian_blend")
+
+    build.load()
+    for name, fn in _backend.FAKE_KERNELS.items():
+        torch.library.register_fake(f"{NAMESPACE}::{name}", fn)
+    blend_module._register(NAMESPACE)
+
+
+@contextlib.contextmanager
+def emulated_cuda_backend():
+    """Within: backend="cuda" runs CPU tensors through the emulated CUDA kernels."""
+    from medmix_ops import _backend
+
+    load()
+    namespace = getattr(torch.ops, NAMESPACE)
+    real_namespace = _backend.ops_namespace
+    real_available = _backend.available_backends
+
+    def ops_namespace(backend: str):
+        return namespace if backend == "cuda" else real_namespace(backend)
+
+    def available_backends(op: str, device):
+        found = real_available(op, device)
+        return found + ["cuda"] if torch.device(device).type == "cpu" else found
+
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_backend, "ops_namespace", ops_namespace)
+            mp.setattr(_backend, "available_backends", available_backends)
+            _backend._resolve.cache_clear()  # (memoised choices would skip the patch)
+            yield
+    finally:
+        _backend._resolve.cache_clear()

@@ -1,0 +1,109 @@
+"""Builds the CUDA kernels of csrc/cuda as CPU code under the emulator in cuda_emu.h and
+registers them as torch.ops.medmix_cuda_emu (the CPU dispatch key, the schemas of csrc/ops.cpp).
+
+The .cu files are not edited by hand for this: they are rewritten mechanically (launch syntax,
+shared-memory declarations, c10/cuda includes, the registration's namespace and key). A CUDA
+construct the rewrite does not know is an error here, so the emulation cannot quietly drift
+from the sources. Build products go to build/cuda_emu/ (ninja: rebuilt only when a source or
+the emulator changes).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import re
+import shutil
+
+NAMESPACE = "medmix_cuda_emu"
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+CSRC = ROOT / "csrc"
+
+_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;<>()]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
+_DYNAMIC_SHARED = re.compile(
+    r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([A-Za-z_][\w:\s]*?)\s+(\w+)\s*\[\s*\]\s*;")
+_STATIC_SHARED = re.compile(r"__shared__\s+([A-Za-z_][\w:<>,\s]*?)\s+(\w+)\s*\[([^\]]+)\]\s*;")
+_CUDA_INCLUDE = re.compile(r"#include\s*<(?:c10/cuda/[^>]+|cuda_runtime\.h|cuda_runtime_api\.h)>\n")
+_LIBRARY_IMPL = "TORCH_LIBRARY_IMPL(medmix, CUDA, m)"
+# What must not survive the rewrite: CUDA-only syntax or headers the emulator does not provide.
+_LEFTOVERS = re.compile(r"<<<|>>>|__shared__|c10/cuda|cuda_runtime|__shfl_(?!xor_sync)\w*|"
+                        r"atomic(?!Add\b)[A-Z]\w*|cooperative_groups|__ldg|__syncwarp")
+
+
+def rewrite_cuda(text: str, name: str, registers_medmix: bool = True) -> str:
+    """One .cu / .cuh file as C++ for the emulator. A library .cu file (registers_medmix) must
+    hold the block that registers its CUDA kernels; it is moved to the emulation's namespace."""
+    out = _CUDA_INCLUDE.sub("\n", text)  # (every rewrite keeps the line numbers)
+    out = _DYNAMIC_SHARED.sub(
+        lambda m: f"{m[1]}* {m[2]} = reinterpret_cast<{m[1]}*>(::medmix_emu::dynamic_shared());", out)
+    out = _STATIC_SHARED.sub(
+        lambda m: (f"static char {m[2]}_emu_key; {m[1]} (&{m[2]})[{m[3]}] = "
+                   f"::medmix_emu::static_shared<{m[1]}[{m[3]}]>(&{m[2]}_emu_key);"), out)
+    out = _LAUNCH.sub(lambda m: f"::medmix_emu::launch({m[2]}, {m[1]})(", out)
+    out = out.replace(".is_cuda()", ".is_cpu()")
+    if _LIBRARY_IMPL in text:
+        out = out.replace(_LIBRARY_IMPL, f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)")
+    elif registers_medmix and name.endswith(".cu"):
+        raise RuntimeError(f"{name}: no `{_LIBRARY_IMPL}` block to register under emulation")
+    left = _LEFTOVERS.search(out)
+    if left:
+        line = out.count("\n", 0, left.start()) + 1
+        raise RuntimeError(f"{name}:{line}: `{left[0]}` is not handled by the CUDA emulation "
+                           "(python_tests/cuda_emu); extend cuda_emu.h and build.py")
+    # #line: compiler messages and the emulator's barrier reports name the original file.
+    return f'#include "cuda_emu.h"\n#line 1 "{name}"\n' + out
+
+
+def write_sources(dest: pathlib.Path) -> list[str]:
+    """Writes the rewritten tree into dest (cuda/, common/, ops.cpp); returns the sources to
+    compile. Files are only rewritten when their text changes, which keeps ninja's rebuilds
+    incremental."""
+    def put(path: pathlib.Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+    for header in sorted((CSRC / "common").glob("*.h")):
+        put(dest / "common" / header.name, header.read_text())
+    sources = []
+    for cu in sorted((CSRC / "cuda").glob("*.cu*")):
+        text = rewrite_cuda(cu.read_text(), f"csrc/cuda/{cu.name}")
+        target = dest / "cuda" / (cu.stem + ".cpp" if cu.suffix == ".cu" else cu.name)
+        put(target, text)
+        if cu.suffix == ".cu":
+            sources.append(str(target))
+    # The emulator's own checks: kernels with known bugs (test_cuda_emulation.py).
+    selftest = dest / "selftest.cpp"
+    put(selftest, rewrite_cuda((HERE / "selftest.cu").read_text(), "python_tests/cuda_emu/selftest.cu",
+                             registers_medmix=False))
+    sources.append(str(selftest))
+    schemas = (CSRC / "ops.cpp").read_text()
+    if "TORCH_LIBRARY(medmix, m)" not in schemas:
+        raise RuntimeError("csrc/ops.cpp: no `TORCH_LIBRARY(medmix, m)` block")
+    put(dest / "ops.cpp", schemas.replace("TORCH_LIBRARY(medmix, m)", f"TORCH_LIBRARY({NAMESPACE}, m)"))
+    return [str(dest / "ops.cpp"), *sources]
+
+
+@functools.lru_cache(maxsize=None)
+def load() -> None:
+    """Builds (incrementally) and loads the emulated kernels: torch.ops.medmix_cuda_emu.*."""
+    from torch.utils import cpp_extension
+
+    build = ROOT / "build" / "cuda_emu"
+    sources = write_sources(build / "src")
+    objects = build / "obj"
+    objects.mkdir(parents=True, exist_ok=True)
+    # The emulator's header is a dependency too: copy it beside the sources so ninja sees it.
+    shutil.copyfile(HERE / "cuda_emu.h", build / "src" / "cuda_emu.h.new")
+    header = build / "src" / "cuda_emu.h"
+    new = build / "src" / "cuda_emu.h.new"
+    if not header.exists() or header.read_bytes() != new.read_bytes():
+        os.replace(new, header)
+    else:
+        new.unlink()
+    cpp_extension.load(
+        name=NAMESPACE, sources=sources, extra_include_paths=[str(build / "src")],
+        # -O1: compiles in about half the time of -O3; the test shapes are small.
+        extra_cflags=["-O1", "-Wno-unused-variable"], build_directory=str(objects),
+        is_python_module=False, verbose=os.environ.get("MEDMIX_EMU_VERBOSE") == "1")

@@ -1,0 +1,130 @@
+"""The CUDA emulator (python_tests/cuda_emu) that runs csrc/cuda's kernels on the CPU for the
+"cpu-cuda-emulated" backend pair: it must catch the bugs it claims to catch (kernels with known
+bugs in cuda_emu/selftest.cu), cover every CUDA kernel the extension registers, and really be
+what backend="cuda" runs on CPU tensors inside the pair."""
+import re
+
+import pytest
+import torch
+
+from conftest import HAS_CUDA
+from cuda_emu import NAMESPACE, build, emulated_cuda_backend, load
+
+pytestmark = pytest.mark.skipif(HAS_CUDA, reason="with a GPU, the CUDA kernels are tested on it")
+
+
+@pytest.fixture(scope="module")
+def selftest():
+    load()
+    return torch.ops.medmix_cuda_emu_selftest.run
+
+
+def _x(blocks=3, n=64):
+    return torch.arange(blocks * n, dtype=torch.float32).reshape(blocks, n)
+
+
+def test_correct_kernels_give_their_results(selftest):
+    x = _x()
+    torch.testing.assert_close(selftest("reverse", x), x.flip(1), rtol=0, atol=0)
+    torch.testing.assert_close(selftest("reverse_twice", x), 2 * x, rtol=0, atol=0)
+    sums = x.reshape(3, 2, 32).sum(2, keepdim=True).expand(3, 2, 32).reshape(3, 64)
+    torch.testing.assert_close(selftest("warp_sum", x), sums, rtol=0, atol=0)
+    assert selftest("count", x).item() == 3 * 64  # atomicAdd from every thread
+    assert selftest("fits", x)[0, 1:].eq(1).all()
+
+
+@pytest.mark.parametrize("case", ["reverse_no_barrier", "reverse_twice_no_middle_barrier"])
+def test_missing_barriers_change_the_result(selftest, case):
+    # Three blocks run under the three schedules: one of them must expose each missing barrier.
+    x = _x()
+    correct = selftest(case.split("_no_")[0], x)
+    wrong = selftest(case, x)
+    assert not torch.equal(wrong, correct)
+
+
+def test_unwritten_shared_memory_reads_as_nan(selftest):
+    assert selftest("uninitialised", _x()).isnan().all()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("divergent", r"divergent __syncthreads: thread 16 of block 0 waits at selftest\.cu:\d+ "
+                  r"while others wait at selftest\.cu:\d+"),
+    ("partial_warp", r"__shfl_xor_sync with a full mask in warp 1 of block 0, which has 16 running"),
+    ("overflow", r"block 0 wrote outside its dynamic shared memory \(256 bytes\)"),
+    ("empty_grid", r"invalid configuration argument: grid of 0 blocks"),
+    ("too_many_threads", r"invalid configuration argument: block of 2048 threads"),
+    ("too_much_shared", r"too much dynamic shared memory: 65536 bytes"),
+])
+def test_what_a_gpu_would_reject_is_an_error(selftest, case, message):
+    with pytest.raises(RuntimeError, match=message):
+        selftest(case, _x())
+    # ...and the emulator is usable again after an error
+    torch.testing.assert_close(selftest("reverse", _x()), _x().flip(1), rtol=0, atol=0)
+
+
+def test_rewrite_of_cuda_syntax():
+    src = ("#include <c10/cuda/CUDAGuard.h>\n"
+           "template <typename T> __global__ void k(T* p) {\n"
+           "  extern __shared__ __align__(16) unsigned char raw[];\n"
+           "  __shared__ float part[32];\n}\n"
+           "void f() { k<float, 2><<<blocks, 128, smem, stream>>>(p); }\n"
+           "TORCH_LIBRARY_IMPL(medmix, CUDA, m) {}\n")
+    out = build.rewrite_cuda(src, "x.cu")
+    body = out.split("\n", 2)[2]
+    assert body.count("\n") == src.count("\n")  # line numbers kept
+    assert "unsigned char* raw = reinterpret_cast<unsigned char*>(::medmix_emu::dynamic_shared());" in out
+    assert "float (&part)[32] = ::medmix_emu::static_shared<float[32]>(&part_emu_key);" in out
+    assert "::medmix_emu::launch(blocks, 128, smem, stream, k<float, 2>)(p);" in out
+    assert f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)" in out and "c10/cuda" not in out
+
+
+@pytest.mark.parametrize("construct", ["__syncwarp();", "atomicMax(p, 1);", "__shfl_down_sync(~0u, v, 1);",
+                                       "__ldg(p);"])
+def test_rewrite_refuses_what_it_does_not_emulate(construct):
+    src = f"__global__ void k(int* p) {{ {construct} }}\nTORCH_LIBRARY_IMPL(medmix, CUDA, m) {{}}\n"
+    with pytest.raises(RuntimeError, match="not handled by the CUDA emulation"):
+        build.rewrite_cuda(src, "x.cu")
+    with pytest.raises(RuntimeError, match="no `TORCH_LIBRARY_IMPL"):
+        build.rewrite_cuda("__global__ void k() {}\n", "y.cu")
+
+
+def _schemas():
+    text = (build.CSRC / "ops.cpp").read_text()
+    return re.findall(r'm\.def\(\s*"(\w+)\(', text)
+
+
+def test_every_cuda_kernel_is_emulated():
+    load()
+    names = _schemas()
+    assert len(names) >= 12
+    emulated = {n for n in names if torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{n}", "CPU")}
+    from medmix_ops import _backend
+
+    if torch._C._dispatch_has_kernel_for_dispatch_key("medmix::gaussian_blend", "CUDA"):
+        # (the extension was built with its CUDA kernels: the two sets must be the same)
+        cuda = {n for n in names if torch._C._dispatch_has_kernel_for_dispatch_key(f"medmix::{n}", "CUDA")}
+        assert emulated == cuda
+    assert _backend.extension_loaded()
+    # every op of csrc/ops.cpp but the CPU-only helpers has a CUDA kernel, hence an emulated one
+    assert {"gaussian_blend", "gaussian_blend_out", "gaussian_blend_backward", "saliency_map",
+            "spectral_residual_filter", "fine_grained_saliency", "patch_pool", "patch_ratio",
+            "adm_minmax", "adm_apply", "adm_histogram", "adm_mix", "adm_mix_out"} <= emulated
+
+
+def test_the_emulated_pair_runs_the_emulated_kernels():
+    from medmix_ops import adm_mix, gaussian_blend, patch_ratio_pool, saliency
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 19, 23)
+    with emulated_cuda_backend(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        gaussian_blend(x, x.flip(0), (torch.rand(2, 1, 19, 23) > 0.5).float(), 2.0, backend="cuda")
+        s = saliency(x, "fine_grained", backend="cuda")
+        patch_ratio_pool(s, s.flip(0), 4, pad=True, backend="cuda")
+        adm_mix(x, x.flip(0), torch.tensor([1, 0]), 0.5, backend="cuda")
+    called = {e.name for e in prof.events()}
+    for op in ("gaussian_blend", "fine_grained_saliency", "patch_pool", "adm_mix"):
+        assert any(name.startswith(f"{NAMESPACE}::{op}") for name in called), (op, sorted(called))
+    assert not any(name.startswith("medmix::") for name in called), sorted(called)
+    # outside the pair, backend="cuda" on CPU tensors is refused as before
+    with pytest.raises(ValueError, match="the CUDA kernel needs CUDA tensors"):
+        gaussian_blend(x, x, torch.ones(2, 1, 19, 23), 1.0, backend="cuda")
