@@ -50,4 +50,13 @@ MEDMIX_HOST_DEVICE inline void gaussian_taps(float sigma, int r, acc_t* taps) {
   for (int t = 0; t <= 2 * r; ++t) taps[t] /= norm;
 }
 
+// A blurred mask value as a weight: the normalised taps can sum to one ulp above 1 after
+// rounding, so a window of ones may blur to 1.0000001 (and lam exceed 1). Every backend caps
+// a blurred alpha (radius > 0) at 1 this way; a NaN stays NaN. With sigma = 0 alpha is the
+// mask as given.
+template <typename acc_t>
+MEDMIX_HOST_DEVICE inline acc_t at_most_one(acc_t v) {
+  return v > acc_t(1) ? acc_t(1) : v;
+}
+
 }  // namespace medmix

@@ -110,6 +110,12 @@ acc_t tap_chain(const acc_t* taps, int64_t ntaps, acc_t v) {
   return acc;
 }
 
+// at_most_one over a row (vectorised: a min against 1 that keeps NaN).
+template <typename acc_t>
+MEDMIX_CPU_CLONES void cap_at_one(acc_t* __restrict__ a, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) a[k] = at_most_one(a[k]);
+}
+
 // For each mask row (b, h): flat_end[b * H + h] = the last row of the run of flat rows with
 // one value that starts at h (h - 1 when row h is not flat), flat_value the row's value. A
 // blurred row h of radius r is flat when flat_end[lo] >= hi for lo = max(0, h - r),
@@ -181,7 +187,8 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
         const int64_t lo = std::max<int64_t>(0, h - r), hi = std::min<int64_t>(H - 1, h + r);
         if (flat_end[bi * H + lo] >= hi) {
           const int64_t n = 2 * r + 1;
-          const acc_t v = tap_chain(taps.data(), n, tap_chain(taps.data(), n, flat_value[bi * H + lo]));
+          const acc_t v =
+              at_most_one(tap_chain(taps.data(), n, tap_chain(taps.data(), n, flat_value[bi * H + lo])));
           std::fill(alpha.begin(), alpha.end(), v);
           consume(bi, h, alpha.data());
           continue;
@@ -198,6 +205,7 @@ void for_each_alpha_row(const at::Tensor& mask, const at::Tensor& sigma, int64_t
       }
       for (int dx = -r; dx <= r; ++dx) rows[dx + r] = col + dx;
       weighted_rows(taps.data(), rows.data(), 2 * r + 1, alpha.data(), W);
+      cap_at_one(alpha.data(), W);
       consume(bi, h, alpha.data());
     }
   });

@@ -66,6 +66,7 @@ __device__ acc_t for_each_alpha_in_tile(const acc_t* __restrict__ mask,
     if (w < W) {
       acc_t alpha = 0;
       for (int dx = -r; dx <= r; ++dx) alpha += taps[dx + r] * col[threadIdx.x + r + dx];
+      if (r > 0) alpha = at_most_one(alpha);  // (sigma = 0: the mask as given)
       consume(h, w, alpha);
       sum += alpha;
     }

@@ -38,7 +38,10 @@ def gaussian_blur_mask(mask: torch.Tensor, sigma: torch.Tensor, max_radius: int,
     cols = reflect_index(torch.arange(-R, W + R, device=mask.device), W)
     v = (m[:, rows, :].unfold(1, 2 * R + 1, 1) * taps[:, None, None, :]).sum(-1)  # [B, H, W]
     h = (v[:, :, cols].unfold(2, 2 * R + 1, 1) * taps[:, None, None, :]).sum(-1)  # [B, H, W]
-    return h[:, None]
+    # A blurred sample's alpha is at most 1: the rounded taps can sum to an ulp above 1. (A
+    # sigma = 0 sample is its mask as given; torch.where keeps NaN.)
+    blurred = (torch.ceil(3.0 * sigma.to(torch.float64)) > 0)[:, None, None]
+    return torch.where(blurred & (h > 1), torch.ones_like(h), h)[:, None]
 
 
 def gaussian_blend(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor,

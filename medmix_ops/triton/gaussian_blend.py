@@ -41,7 +41,9 @@ def _alpha_tile(mask_ptr, sigma_ptr, bi, h0, w0, H, W,
         dy = i - rows
         wy = tl.sum(tl.where(t[None, :] == dy[:, None], taps[None, :], 0.0), axis=1)
         acc += wy[:, None] * hrow[None, :]
-    return acc
+    # A blurred alpha is at most 1, as in every backend (the rounded taps can sum to an ulp
+    # above 1); NaN stays, and sigma = 0 leaves the mask as given.
+    return tl.where((acc > 1.0) & (r > 0), 1.0, acc)
 
 
 @triton.jit
