@@ -2,13 +2,16 @@
 "cpu-cuda-emulated" backend pair: it must catch the bugs it claims to catch (kernels with known
 bugs in cuda_emu/selftest.cu), cover every CUDA kernel the extension registers, and really be
 what backend="cuda" runs on CPU tensors inside the pair."""
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from conftest import HAS_CUDA
-from cuda_emu import NAMESPACE, build, emulated_cuda_backend, load
+from cuda_emu import NAMESPACE, asan_environment, build, emulated_cuda_backend, load
 
 pytestmark = pytest.mark.skipif(HAS_CUDA, reason="with a GPU, the CUDA kernels are tested on it")
 
@@ -128,3 +131,24 @@ def test_the_emulated_pair_runs_the_emulated_kernels():
     # outside the pair, backend="cuda" on CPU tensors is refused as before
     with pytest.raises(ValueError, match="the CUDA kernel needs CUDA tensors"):
         gaussian_blend(x, x, torch.ones(2, 1, 19, 23), 1.0, backend="cuda")
+
+
+def _selftest_under_asan(case):
+    env = asan_environment()
+    if env is None:
+        pytest.skip("gcc's libasan is not installed")
+    code = ("import sys; sys.path.insert(0, 'python_tests'); import torch; from cuda_emu import load; load(); "
+            f"torch.ops.medmix_cuda_emu_selftest.run({case!r}, torch.zeros(2, 64)); print('survived')")
+    return subprocess.run([sys.executable, "-c", code], cwd=build.ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_asan_build_catches_out_of_bounds_global_memory():
+    """`make test-cuda-asan` runs the emulated cases with the emulation built under
+    AddressSanitizer: a kernel reading one float past its input must stop the process there,
+    and a correct kernel must run clean (fiber stacks and all)."""
+    clean = _selftest_under_asan("reverse")
+    assert clean.returncode == 0 and "survived" in clean.stdout, clean.stderr[-4000:]
+    caught = _selftest_under_asan("out_of_bounds")
+    assert caught.returncode != 0 and "survived" not in caught.stdout, caught.stdout
+    assert "AddressSanitizer: heap-buffer-overflow" in caught.stderr and "READ of size 4" in caught.stderr

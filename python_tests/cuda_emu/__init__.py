@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
+import subprocess
 
 import pytest
 import torch
@@ -61,3 +63,21 @@ def emulated_cuda_backend():
             yield
     finally:
         _backend._resolve.cache_clear()
+
+
+def asan_environment() -> dict | None:
+    """The variables that run a process with the AddressSanitizer build of the emulation (as
+    `make test-cuda-asan` does), or None without gcc's libasan. libstdc++ is preloaded too:
+    python does not link it, and ASan must find its __cxa_throw at start-up."""
+    def gcc_file(name):
+        try:
+            path = subprocess.run(["gcc", f"-print-file-name={name}"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return path if os.path.isabs(path) and os.path.exists(path) else None
+
+    asan, stdcxx = gcc_file("libasan.so"), gcc_file("libstdc++.so")
+    if asan is None or stdcxx is None:
+        return None
+    return {"MEDMIX_EMU_ASAN": "1", "ASAN_OPTIONS": "detect_leaks=0", "LD_PRELOAD": f"{asan} {stdcxx}"}

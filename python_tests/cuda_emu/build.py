@@ -90,7 +90,10 @@ def load() -> None:
     """Builds (incrementally) and loads the emulated kernels: torch.ops.medmix_cuda_emu.*."""
     from torch.utils import cpp_extension
 
-    build = ROOT / "build" / "cuda_emu"
+    # MEDMIX_EMU_ASAN=1 (`make test-cuda-asan`, which also preloads libasan): every memory
+    # access of the emulated kernels checked by AddressSanitizer.
+    asan = os.environ.get("MEDMIX_EMU_ASAN") == "1"
+    build = ROOT / "build" / ("cuda_emu_asan" if asan else "cuda_emu")
     sources = write_sources(build / "src")
     objects = build / "obj"
     objects.mkdir(parents=True, exist_ok=True)
@@ -102,8 +105,10 @@ def load() -> None:
         os.replace(new, header)
     else:
         new.unlink()
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
     cpp_extension.load(
         name=NAMESPACE, sources=sources, extra_include_paths=[str(build / "src")],
         # -O1: compiles in about half the time of -O3; the test shapes are small.
-        extra_cflags=["-O1", "-Wno-unused-variable"], build_directory=str(objects),
+        extra_cflags=["-O1", "-Wno-unused-variable", *sanitize], extra_ldflags=sanitize[:1],
+        build_directory=str(objects),
         is_python_module=False, verbose=os.environ.get("MEDMIX_EMU_VERBOSE") == "1")

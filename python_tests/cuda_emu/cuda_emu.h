@@ -5,9 +5,9 @@
 // CPU kernels of the torch.ops.medmix_cuda_emu namespace.
 //
 // Model: the blocks of a launch run one after another; the threads of a block run as
-// cooperative fibers switched at __syncthreads and __shfl_xor_sync only, in one of
-// three orders (see Schedule), so a run is deterministic. What a GPU would reject or leave undefined is an
-// error here instead of a silent pass:
+// cooperative fibers switched at __syncthreads and __shfl_xor_sync only, in one of three
+// orders (see Schedule), so a run is deterministic. What a GPU would reject or leave
+// undefined is an error here instead of a silent pass:
 //   - a launch with 0 blocks or threads, more than 1024 threads, or more than 48 KiB of
 //     shared memory (no opt-in);
 //   - __syncthreads reached from different call sites by the threads of one block (divergent
@@ -17,12 +17,21 @@
 //   - writes beyond either end of a shared-memory array (guard bytes checked after each block).
 // Shared memory starts each block filled with 0xFF bytes (a NaN in every float, -1 in every
 // integer), so a read of shared memory that no thread wrote shows up in the results.
-// Not modelled: true concurrency (a race shows only where one of the schedules exposes it), warp-synchronous code
-// without shuffles, streams, and global-memory bounds.
+// Global memory is the CPU tensors' memory: built with -fsanitize=address (`make
+// test-cuda-asan`), AddressSanitizer checks every access the kernels make, like
+// compute-sanitizer's memcheck.
+// Not modelled: true concurrency (a race shows only where one of the schedules exposes it),
+// warp-synchronous code without shuffles, streams, the CUDA compiler, speed.
 #pragma once
 
 #include <sys/mman.h>
 #include <ucontext.h>
+
+#if defined(__SANITIZE_ADDRESS__)  // `make test-cuda-asan`: global memory checked by ASan
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define MEDMIX_EMU_ASAN 1
+#endif
 
 #include <c10/core/Device.h>
 #include <c10/util/Exception.h>
@@ -164,6 +173,8 @@ struct Runtime {
   std::vector<Fiber> fibers;
   std::vector<void*> stacks;
   Context scheduler;
+  const void* scheduler_stack = nullptr;  // (for AddressSanitizer)
+  size_t scheduler_stack_size = 0;
   int current = -1;
   int64_t live = 0;
   Barrier block_barrier;
@@ -177,6 +188,39 @@ struct Runtime {
 };
 
 inline Runtime rt;
+
+// The switches between the scheduler and a fiber, announced to AddressSanitizer when it is
+// on (it must know which stack is current to handle exceptions thrown inside a fiber).
+inline void resume_fiber(int t) {
+#ifdef MEDMIX_EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(&fake, static_cast<char*>(rt.stacks[t]) + 4096, kStackBytes);
+#endif
+  switch_context(rt.scheduler, rt.fibers[t].ctx);
+#ifdef MEDMIX_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+inline void fiber_started() {
+#ifdef MEDMIX_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &rt.scheduler_stack, &rt.scheduler_stack_size);
+#endif
+}
+
+// From the running fiber back to the scheduler; a finished fiber is never resumed.
+inline void suspend_fiber(bool finished) {
+  Fiber& self = rt.fibers[rt.current];
+#ifdef MEDMIX_EMU_ASAN
+  void* fake = nullptr;
+  __sanitizer_start_switch_fiber(finished ? nullptr : &fake, rt.scheduler_stack, rt.scheduler_stack_size);
+#endif
+  switch_context(self.ctx, rt.scheduler);
+#ifdef MEDMIX_EMU_ASAN
+  __sanitizer_finish_switch_fiber(fake, &rt.scheduler_stack, &rt.scheduler_stack_size);
+#endif
+  (void)finished;
+}
 
 [[noreturn]] inline void fail(const std::string& what) {
   throw std::runtime_error("CUDA emulation: " + what);
@@ -212,7 +256,7 @@ inline void arrive_and_wait(Barrier& b, int64_t participants, const char* what, 
   release_if_complete(b, participants);
   // Always hand control back, even when this arrival completed the barrier: the schedule
   // decides who runs next.
-  switch_context(self.ctx, rt.scheduler);
+  suspend_fiber(false);
   self.waiting_on = nullptr;
 }
 
@@ -255,6 +299,7 @@ inline void check_guards(const SharedArray& a, const char* what) {
 }
 
 [[noreturn]] inline void fiber_entry() {
+  fiber_started();
   try {
     (*rt.body)();
   } catch (...) {
@@ -268,7 +313,7 @@ inline void check_guards(const SharedArray& a, const char* what) {
   --rt.warp_live[w];
   release_if_complete(rt.block_barrier, rt.live);
   release_if_complete(rt.warp_barrier[w], rt.warp_live[w]);
-  switch_context(self.ctx, rt.scheduler);  // never resumed
+  suspend_fiber(true);  // never resumed
   __builtin_trap();
 }
 
@@ -296,8 +341,14 @@ inline void run_block(unsigned threads, Schedule schedule) {
   for (unsigned t = 0; t < threads; ++t) ++rt.warp_size[t / 32], ++rt.warp_live[t / 32];
   rt.shuffle_slot.assign(warps * 32, 0);
   if (rt.dynamic_shared.size > 0) fill_array(rt.dynamic_shared, rt.dynamic_shared.size);
-  for (unsigned t = 0; t < threads; ++t)
-    make_context(rt.fibers[t].ctx, static_cast<char*>(rt.stacks[t]) + 4096, kStackBytes, fiber_entry);
+  for (unsigned t = 0; t < threads; ++t) {
+    char* stack = static_cast<char*>(rt.stacks[t]) + 4096;
+#ifdef MEDMIX_EMU_ASAN
+    // A finished fiber never returns from fiber_entry: its frames' redzones stay poisoned.
+    ASAN_UNPOISON_MEMORY_REGION(stack, kStackBytes);
+#endif
+    make_context(rt.fibers[t].ctx, stack, kStackBytes, fiber_entry);
+  }
   int t = static_cast<int>(threads) - 1;  // round robin starts at thread 0
   while (rt.live > 0) {
     t = next_thread(schedule, t);
@@ -309,7 +360,7 @@ inline void run_block(unsigned threads, Schedule schedule) {
     }
     rt.current = t;
     rt.thread_idx.x = static_cast<unsigned>(t);
-    switch_context(rt.scheduler, rt.fibers[t].ctx);
+    resume_fiber(t);
     if (rt.error) std::rethrow_exception(rt.error);
   }
   check_guards(rt.dynamic_shared, "dynamic");

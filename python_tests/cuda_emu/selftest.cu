@@ -74,6 +74,13 @@ __global__ void overflow_kernel(float* out, int n) {
 
 __global__ void count_kernel(int* count) { atomicAdd(count, 1); }
 
+// Reads one element past the end of x (global memory): only AddressSanitizer sees it
+// (`make test-cuda-asan`; test_cuda_emulation.py runs it in a child process).
+__global__ void out_of_bounds_kernel(const float* x, float* out, int n) {
+  const int64_t i = blockIdx.x * n + threadIdx.x;
+  out[i] = x[i + 1];
+}
+
 at::Tensor run(const std::string& which, const at::Tensor& x_in) {
   const at::Tensor x = x_in.contiguous();
   auto out = at::zeros_like(x);
@@ -103,6 +110,8 @@ at::Tensor run(const std::string& which, const at::Tensor& x_in) {
     reverse_kernel<<<1, 2048, 0, stream>>>(px, po, n, true);
   } else if (which == "too_much_shared") {
     overflow_kernel<<<1, n, 64 * 1024, stream>>>(po, n);
+  } else if (which == "out_of_bounds") {
+    out_of_bounds_kernel<<<blocks, n, 0, stream>>>(px, po, n);
   } else if (which == "count") {
     auto count = at::zeros({1}, x.options().dtype(at::kInt));
     count_kernel<<<blocks, n, 0, stream>>>(count.mutable_data_ptr<int>());
