@@ -68,7 +68,11 @@ def _extensions():
     )
     if use_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        nvcc = ["-O3", "-lineinfo"]
+        # --fmad=false: no fused multiply-adds, so the CUDA kernels round every product and sum
+        # as the C++ CPU kernels do (which never contract: ISO C++ mode), and give their bits.
+        # The kernels are memory-bound; FMA would not make them faster. (uint8 saliency rounds
+        # a weighted grey sum: a contracted sum can fall on the other side of a .5 tie.)
+        nvcc = ["-O3", "-lineinfo", "--fmad=false"]
         ext = CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:
         ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)

@@ -116,7 +116,22 @@ def test_image_saliency_properties(device_backend):
             return
         m = ref.spectral_residual_map(x)[0] if method == "spectral_residual" else ref.fine_grained_map(x)
         lo, hi = m.amin(dim=(1, 2)), m.amax(dim=(1, 2))
-        cond = torch.maximum(lo.abs(), hi.abs()) / (hi - lo).clamp_min(1e-30)
+        magnitude = torch.maximum(lo.abs(), hi.abs())
+        if method == "spectral_residual":
+            # The rounding error is relative to the 64 x 64 working map, which can peak far
+            # above the resized map (a 4 x 8 image: 13x, found by MEDMIX_FUZZ=long, with the
+            # CPU, Triton and emulated CUDA kernels nearer a float64 computation than the
+            # float32 reference).
+            magnitude = torch.maximum(magnitude, ref.spectral_residual_working_map(x)[0].abs().amax(dim=(1, 2)))
+        cond = magnitude / (hi - lo).clamp_min(1e-30)
+        if method == "fine_grained":
+            # on / max(on) rescales the contrasts to full range however small they are: the
+            # smoothed grey map's own conditioning bounds the error. (A 2 x 2 image smoothed
+            # to four values an ulp apart gave the reference a full-range map of rounding
+            # noise and the kernels a flat one; found by MEDMIX_FUZZ=long.)
+            g = ref.fine_grained_grey(x)
+            g_lo, g_hi = g.amin(dim=(1, 2)), g.amax(dim=(1, 2))
+            cond = torch.maximum(cond, torch.maximum(g_lo.abs(), g_hi.abs()) / (g_hi - g_lo).clamp_min(1e-30))
         for i in range(shape[0]):
             if cond[i] <= 1e3:
                 # spectral residual: the map is |ifft(exp(residual) phase)|^2 and the residual's

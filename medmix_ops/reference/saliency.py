@@ -93,7 +93,13 @@ def normalize_min_max(m: torch.Tensor) -> torch.Tensor:
 def to_grey(x: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] any dtype -> float32 [B, H, W] (the image's own value range)."""
     w = grey_weights(x.shape[1]).to(x.device)
-    return torch.einsum("bchw,c->bhw", x.float(), w)
+    # Summed channel by channel in float32, in the kernels' order: uint8 images round the grey
+    # value (OpenCV's 8-bit intermediates), and a sum in another order (einsum's) can fall on
+    # the other side of a .5 tie; one flipped grey pixel moved a spectral residual map by 0.017.
+    g = x[:, 0].float() * w[0]
+    for c in range(1, x.shape[1]):
+        g = g + x[:, c].float() * w[c]
+    return g
 
 
 def spectral_residual(x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +111,13 @@ def spectral_residual(x: torch.Tensor) -> torch.Tensor:
 
 def spectral_residual_map(x: torch.Tensor):
     """The map before min-max normalisation [B, H, W] and which samples are constant [B]."""
-    B, _, H, W = x.shape
+    mag, constant = spectral_residual_working_map(x)
+    return resize_bilinear(mag, tuple(x.shape[-2:])), constant
+
+
+def spectral_residual_working_map(x: torch.Tensor):
+    """The smoothed, squared map on the 64 x 64 working grid [B, 64, 64], before the resize
+    back, and which samples are constant [B]."""
     q = x.dtype == torch.uint8
     g = _round_if(to_grey(x), q)
     small = _round_if(resize_bilinear(g, (SPECTRAL_SIZE, SPECTRAL_SIZE)), q)
@@ -118,7 +130,7 @@ def spectral_residual_map(x: torch.Tensor):
     phase = torch.where(amp > 0, spec / torch.where(amp > 0, amp, 1), torch.ones_like(spec))
     mag = torch.fft.ifft2(torch.exp(residual) * phase).abs()
     mag = separable_filter(mag, gaussian_taps_ksize(*SPECTRAL_BLUR)) ** 2
-    return resize_bilinear(mag, (H, W)), constant
+    return mag, constant
 
 
 def _round_if(m: torch.Tensor, quantize: bool) -> torch.Tensor:
@@ -138,11 +150,16 @@ def fine_grained(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
     return normalize_min_max(fine_grained_map(x, scales))[:, None]
 
 
+def fine_grained_grey(x: torch.Tensor) -> torch.Tensor:
+    """The smoothed grey map the fine-grained contrasts are taken from, float32 [B, H, W]."""
+    q = x.dtype == torch.uint8
+    return _round_if(separable_filter(_round_if(to_grey(x), q), smooth_taps()), q)
+
+
 def fine_grained_map(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
     """The intensity map before min-max normalisation, float32 [B, H, W]."""
     B, _, H, W = x.shape
-    q = x.dtype == torch.uint8
-    g = _round_if(separable_filter(_round_if(to_grey(x), q), smooth_taps()), q)
+    g = fine_grained_grey(x)
     S = integral_image(g)
     ys = torch.arange(H, device=x.device)[:, None]
     xs = torch.arange(W, device=x.device)[None, :]
