@@ -162,8 +162,20 @@ def test_gradcam_properties(device_backend):
         got = saliency(A.to(device), "gradcam", grads=G.to(device), size=(H, W), backend=backend)
         want = saliency(A, "gradcam", grads=G, size=(H, W), backend="reference")
         assert got.shape == (B, 1, H, W)
-        assert_close(got, want.numpy(), 3e-5, 0, "gradcam")
         assert bool(((got >= 0) & (got <= 1)).all())
+        # The weighted sum's rounding is relative to its terms (gradient weights of both signs
+        # cancel), and min-max normalisation divides it by the map's range: a map flat to 1e-4
+        # (1 x 3 from a 6 x 2 map) put its middle pixel at 0.49989 on the CPU kernel against
+        # 0.5 in the reference (found by MEDMIX_FUZZ=long). Such samples keep the invariants.
+        terms = A.float() * G.float().mean(dim=(2, 3))[:, :, None, None]
+        m = ref.resize_bilinear(torch.relu(terms.sum(1)), (H, W))
+        lo, hi = m.amin(dim=(1, 2)), m.amax(dim=(1, 2))
+        cond = terms.abs().sum(1).amax(dim=(1, 2)) / (hi - lo).clamp_min(1e-30)
+        for i in range(B):
+            if cond[i] <= 1e3:
+                assert_close(got[i], want[i].numpy(), 3e-5 + 2e-6 * float(cond[i]), 0, f"gradcam sample {i}")
+            else:
+                note(f"sample {i}: nearly flat map (terms / range = {float(cond[i]):.3g})")
 
     check()
 
