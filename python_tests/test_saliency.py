@@ -177,6 +177,21 @@ def test_constant_input_gives_zeros(device_backend, method):
     assert torch.isfinite(out).all() and (out == 0).all()
 
 
+def test_fine_grained_of_a_rounding_flat_image_is_zero(device_backend):
+    """An image whose smoothed grey map varies only at float rounding level gives zeros, per
+    sample, rather than its on / max(on) rescaling of rounding noise to a full-range map."""
+    device, backend = device_backend
+    g = torch.Generator().manual_seed(0)
+    x = 0.4 + 1e-7 * torch.rand(3, 3, 16, 16, generator=g)  # a few ulps of 0.4 apart
+    x[2] = torch.rand(3, 16, 16, generator=g)  # a real image beside them
+    tiny = torch.tensor([[0.3479, 0.7158], [0.6938, 0.4885], [0.1321, 0.1266], [0.1556, 0.5435],
+                         [0.7573, 0.2231], [0.8540, 0.8711]], dtype=torch.float16).view(1, 3, 2, 2)
+    out = saliency(x.to(device), "fine_grained", backend=backend).cpu()
+    assert (out[:2] == 0).all() and out[2].amin() == 0 and out[2].amax() == 1
+    # a 2 x 2 image that smooths to four values an ulp apart (found by MEDMIX_FUZZ=long)
+    assert (saliency(tiny.to(device), "fine_grained", backend=backend) == 0).all()
+
+
 @pytest.mark.parametrize("method", sal_ops.METHODS)
 def test_each_sample_spans_zero_to_one(device_backend, method):
     device, backend = device_backend

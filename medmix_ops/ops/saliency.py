@@ -105,10 +105,17 @@ def saliency(x: torch.Tensor, method: str = "fine_grained", *, grads: torch.Tens
         # a flat (constant) image gives zeros, not the spectrum of its rounding noise
         return ns.saliency_map(z, SRC_COMPLEX_ABS, none, taps, True, H, W, True, False, ~flat)[0]
     if method == "fine_grained":
-        grey, _ = ns.saliency_map(x, SRC_WEIGHTED, _grey_weights(B, C, dev),
-                                  device_constant("smooth", dev, _ref.smooth_taps),
-                                  False, H, W, False, q, _no_gate(dev))
-        return ns.fine_grained_saliency(grey, list(_ref.FINE_GRAINED_SCALES))
+        grey, flat = ns.saliency_map(x, SRC_WEIGHTED, _grey_weights(B, C, dev),
+                                     device_constant("smooth", dev, _ref.smooth_taps),
+                                     False, H, W, False, q, _no_gate(dev))
+        out = ns.fine_grained_saliency(grey, list(_ref.FINE_GRAINED_SCALES))
+        # A flat smoothed grey map (rounding-level contrast) gives zeros, as in the reference:
+        # on / max(on) would rescale its rounding noise to full range. On the CPU the pass is
+        # skipped when no sample is flat (a cheap check there); elsewhere it is always made,
+        # as a check would cost a host sync (or a graph break under torch.compile).
+        if dev.type != "cpu" or torch.compiler.is_compiling() or bool(flat.any()):
+            out = out.masked_fill(flat.view(B, 1, 1, 1), 0.0)
+        return out
     if method == "gradient":
         mode = SRC_ABS_MAX if reduce == "max" else SRC_ABS_SUM
         taps = device_constant(("gradient_blur", sigma), dev, lambda: _ref.gaussian_taps_sigma(sigma))

@@ -146,8 +146,13 @@ def fine_grained(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
     """Montabone & Soto 2010 as OpenCV-contrib's StaticSaliencyFineGrained, without its 8-bit
     truncations: per scale n the surround mean over the 2n x 2n window (rows y-n+1 .. y+n,
     clipped to the image) without the centre pixel; on = max(c - mean, 0), off = max(mean - c, 0)
-    summed over scales; intensity = on / max(on) + off / max(off); min-max normalised."""
-    return normalize_min_max(fine_grained_map(x, scales))[:, None]
+    summed over scales; intensity = on / max(on) + off / max(off); min-max normalised.
+    A sample whose smoothed grey map is flat (is_flat) gives zeros: on / max(on) would
+    otherwise rescale its rounding-level contrasts to a full-range map of noise."""
+    g = fine_grained_grey(x)
+    flat = is_flat(g.amin(dim=(1, 2)), g.amax(dim=(1, 2)))
+    out = normalize_min_max(fine_grained_map(x, scales))
+    return torch.where(flat[:, None, None], torch.zeros_like(out), out)[:, None]
 
 
 def fine_grained_grey(x: torch.Tensor) -> torch.Tensor:
