@@ -40,7 +40,7 @@ def gaussian_blur_mask(mask: torch.Tensor, sigma: torch.Tensor, max_radius: int,
     h = (v[:, :, cols].unfold(2, 2 * R + 1, 1) * taps[:, None, None, :]).sum(-1)  # [B, H, W]
     # A blurred sample's alpha is at most 1: the rounded taps can sum to an ulp above 1. (A
     # sigma = 0 sample is its mask as given; torch.where keeps NaN.)
-    blurred = (torch.ceil(3.0 * sigma.to(torch.float64)) > 0)[:, None, None]
+    blurred = (sigma > 0)[:, None, None]  # (radius ceil(3 sigma) > 0)
     return torch.where(blurred & (h > 1), torch.ones_like(h), h)[:, None]
 
 

@@ -151,7 +151,7 @@ def fine_grained(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
     otherwise rescale its rounding-level contrasts to a full-range map of noise."""
     g = fine_grained_grey(x)
     flat = is_flat(g.amin(dim=(1, 2)), g.amax(dim=(1, 2)))
-    out = normalize_min_max(fine_grained_map(x, scales))
+    out = normalize_min_max(_fine_grained_map_of(g, scales))
     return torch.where(flat[:, None, None], torch.zeros_like(out), out)[:, None]
 
 
@@ -163,11 +163,15 @@ def fine_grained_grey(x: torch.Tensor) -> torch.Tensor:
 
 def fine_grained_map(x: torch.Tensor, scales=FINE_GRAINED_SCALES) -> torch.Tensor:
     """The intensity map before min-max normalisation, float32 [B, H, W]."""
-    B, _, H, W = x.shape
-    g = fine_grained_grey(x)
+    return _fine_grained_map_of(fine_grained_grey(x), scales)
+
+
+def _fine_grained_map_of(g: torch.Tensor, scales) -> torch.Tensor:
+    """fine_grained_map from the smoothed grey map g [B, H, W]."""
+    B, H, W = g.shape
     S = integral_image(g)
-    ys = torch.arange(H, device=x.device)[:, None]
-    xs = torch.arange(W, device=x.device)[None, :]
+    ys = torch.arange(H, device=g.device)[:, None]
+    xs = torch.arange(W, device=g.device)[None, :]
     c = g.double()
     on = torch.zeros_like(c)
     off = torch.zeros_like(c)
