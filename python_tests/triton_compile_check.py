@@ -4,9 +4,10 @@ The interpreter (TRITON_INTERPRET=1) runs kernels as NumPy and accepts code the 
 rejects (types, constexpr use, layouts), so interpreted tests alone leave the GPU build
 unchecked. Here triton's real pipeline (TTIR -> TTGIR -> LLVM IR -> PTX -> cubin, with the
 ptxas that ships with triton) runs for each requested architecture: a stand-in driver reports
-the target, and every launch is turned into a compile-only warm-up. The ops are called through
-their public API with ``backend="triton"`` over the dtypes, layouts and options that select
-distinct kernel specialisations; their outputs are meaningless (nothing runs) and unused.
+the target, and every launch is turned into a compile-only warm-up. A kernel compiled with FMA
+contraction on fails too (the launches turn it off; see LAUNCH_OPTIONS). The ops are called
+through their public API with ``backend="triton"`` over the dtypes, layouts and options that
+select distinct kernel specialisations; their outputs are meaningless (nothing runs) and unused.
 
     python python_tests/triton_compile_check.py [--arch 90]
 
@@ -60,6 +61,12 @@ def compile_only(run):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
         if kernel is None or "cubin" not in kernel.asm:
             raise RuntimeError(f"{self.fn.__name__}: no cubin was produced")
+        # LAUNCH_OPTIONS (medmix_ops/triton/_common.py) turn off FMA contraction, so the GPU
+        # rounds `acc += w * v` as the C++ kernels do. (The PTX itself still holds the FMAs of
+        # libdevice's log / exp / sqrt, so it is the compile option that is checked.)
+        if kernel.metadata.enable_fp_fusion:
+            raise RuntimeError(f"{self.fn.__name__} was compiled with FMA contraction on; launch it "
+                               "with **LAUNCH_OPTIONS")
         COMPILED.append((self.fn.__name__, kernel.hash))
         return kernel
     return wrapper

@@ -10,6 +10,12 @@ import triton.language as tl
 
 from . import _interpreter_compat  # noqa: F401  (triton 3.6's interpreter under numpy >= 2.4)
 
+# Options of every launch. No fused multiply-adds: `acc += w * v` must round as the C++ kernels
+# round it (the CPU build never uses FMA, nvcc builds with --fmad=false), or a .5 tie of a
+# uint8 grey value or a blurred alpha goes the other way on the GPU than on the CPU. The
+# kernels are memory-bound, so this costs nothing; the interpreter ignores the option.
+LAUNCH_OPTIONS = {"enable_fp_fusion": False}
+
 
 @triton.jit
 def reflect_index(i, n):

@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from . import _common as cm
-from ._common import next_pow2
+from ._common import LAUNCH_OPTIONS, next_pow2
 from ..ops.adm import mixed_output
 
 CHUNK = 4096  # kAdmChunk in csrc/common/adm.h
@@ -128,7 +128,7 @@ def adm_minmax(x, x_hat):
     B, T = _grid(x)
     out = torch.empty((B, T, 2), device=x.device, dtype=torch.float32)
     adm_minmax_kernel[(B * T,)](x, x_hat, out, x.shape[1], x.shape[2], x.shape[3],
-                                *x.stride(), *x_hat.stride(), CHUNK=CHUNK)
+                                *x.stride(), *x_hat.stride(), CHUNK=CHUNK, **LAUNCH_OPTIONS)
     return out
 
 
@@ -139,7 +139,7 @@ def adm_apply(x, x_hat, minmax, thr, emit_score):
     count = torch.empty((B, T), device=x.device, dtype=torch.int32)
     adm_apply_kernel[(B * T,)](x, x_hat, minmax.contiguous(), thr.contiguous(), out, count, C, H, W,
                                *x.stride(), *x_hat.stride(), EMIT_SCORE=bool(emit_score),
-                               CHUNK=CHUNK, BLOCK_T=next_pow2(T))
+                               CHUNK=CHUNK, BLOCK_T=next_pow2(T), **LAUNCH_OPTIONS)
     return out, count
 
 
@@ -149,7 +149,7 @@ def adm_histogram(x, x_hat, minmax):
     hist = torch.zeros((B, BINS), device=x.device, dtype=torch.int32)
     adm_histogram_kernel[(B * T,)](x, x_hat, minmax.contiguous(), hist, C, H, W,
                                    *x.stride(), *x_hat.stride(), CHUNK=CHUNK,
-                                   BLOCK_T=next_pow2(T), BINS=BINS)
+                                   BLOCK_T=next_pow2(T), BINS=BINS, **LAUNCH_OPTIONS)
     return hist
 
 
@@ -166,6 +166,7 @@ def adm_mix(x, x_hat, perm, lam, write_mask, mixed=None):
     adm_mix_kernel[(B * T,)](x, x_hat, perm.contiguous(), minmax, lam.contiguous(),
                              x_src, x_ref, count, mask if write_mask else count, B, C, H, W,
                              *x.stride(), *x_hat.stride(), *x_src.stride(), *x_ref.stride(),
-                             CHUNK=CHUNK, BLOCK_T=next_pow2(T), WRITE_MASK=bool(write_mask))
+                             CHUNK=CHUNK, BLOCK_T=next_pow2(T), WRITE_MASK=bool(write_mask),
+                             **LAUNCH_OPTIONS)
     return mixed, count, mask
 

@@ -146,6 +146,7 @@ def gaussian_blend(a, b, mask, sigma, max_radius: int, return_alpha: bool, b_ind
         *a.stride(), *b.stride(), *out.stride(),
         BLOCK_H=BH, BLOCK_W=BW, TAPS=cm.taps_bound(max_radius), COMPUTE=_compute_dtype(a.dtype),
         IS_UINT8=a.dtype == torch.uint8, WRITE_ALPHA=return_alpha, HAS_ROWS=b_index is not None,
+        **cm.LAUNCH_OPTIONS,
     )
     return out, partial.sum(1) / (H * W), alpha
 
@@ -161,5 +162,6 @@ def gaussian_blend_backward(grad_out, mask, sigma, max_radius: int):
         grad_out, mask.contiguous(), sigma.contiguous(), grad_a, grad_b, C, H, W,
         *grad_out.stride(), *grad_a.stride(), *grad_b.stride(),
         BLOCK_H=BH, BLOCK_W=BW, TAPS=cm.taps_bound(max_radius), COMPUTE=_compute_dtype(grad_out.dtype),
+        **cm.LAUNCH_OPTIONS,
     )
     return grad_a, grad_b

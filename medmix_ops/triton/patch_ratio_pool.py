@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from . import _common as cm
-from ._common import next_pow2
+from ._common import LAUNCH_OPTIONS, next_pow2
 
 
 @triton.jit
@@ -95,7 +95,7 @@ def patch_pool(s_a, s_b, patch, pad):
     pooled = torch.empty((B, 2, gh, gw), device=s_a.device, dtype=torch.float32)
     minmax = torch.empty((B, gh, 4), device=s_a.device, dtype=torch.float32)
     patch_pool_kernel[(B * gh,)](s_a, s_b, pooled, minmax, H, W, patch, gh, gw,
-                                 BLOCK_P=next_pow2(patch))
+                                 BLOCK_P=next_pow2(patch), **LAUNCH_OPTIONS)
     return pooled, minmax
 
 
@@ -105,5 +105,6 @@ def patch_ratio(pooled, minmax, alpha):
     B, _, gh, gw = pooled.shape
     ratios = torch.empty((B, gh, gw), device=pooled.device, dtype=torch.float32)
     mean = torch.empty((B,), device=pooled.device, dtype=torch.float32)
-    patch_ratio_kernel[(B,)](pooled, minmax, ratios, mean, gh, gw, float(alpha), BLOCK=256)
+    patch_ratio_kernel[(B,)](pooled, minmax, ratios, mean, gh, gw, float(alpha), BLOCK=256,
+                             **LAUNCH_OPTIONS)
     return ratios, mean

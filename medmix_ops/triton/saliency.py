@@ -294,6 +294,7 @@ def saliency_map(src, src_mode, weights, taps, square, out_h, out_w, normalize, 
         out, flat, s0, s1, C, h, w, out_h, out_w, taps.numel(), s_b, s_c, s_i, s_j,
         MODE=int(src_mode), SQUARE=bool(square), NORMALIZE=bool(normalize), QUANTIZE=bool(quantize),
         RESIZE=(out_h, out_w) != (h, w), DIRECT=direct, HAS_GATE=has_gate, BLOCK=BLOCK,
+        **cm.LAUNCH_OPTIONS,
     )
     return out, flat
 
@@ -303,7 +304,8 @@ def spectral_residual_filter(spec):
     B, h, w, _ = spec.shape
     out = torch.empty_like(spec)
     total = B * h * w
-    spectral_residual_kernel[(triton.cdiv(total, BLOCK),)](spec, out, total, h, w, BLOCK=BLOCK)
+    spectral_residual_kernel[(triton.cdiv(total, BLOCK),)](spec, out, total, h, w, BLOCK=BLOCK,
+                                                          **cm.LAUNCH_OPTIONS)
     return out
 
 
@@ -316,5 +318,6 @@ def fine_grained_saliency(grey, scales):
     on = torch.empty((B, H * W), device=grey.device, dtype=torch.float64)
     off = torch.empty_like(on)
     sc = torch.tensor(list(scales), device=grey.device, dtype=torch.int32)
-    fine_grained_kernel[(B,)](grey, integral, sc, out, on, off, H, W, sc.numel(), BLOCK=BLOCK)
+    fine_grained_kernel[(B,)](grey, integral, sc, out, on, off, H, W, sc.numel(), BLOCK=BLOCK,
+                                **cm.LAUNCH_OPTIONS)
     return out
