@@ -16,8 +16,10 @@ import torch
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
-# Which GPU kernel "auto" picks per op. Update from benchmarks/results/ when measurements change.
-# No op has been measured on a GPU yet; the CUDA C++ kernels are the default until they are.
+# Which GPU kernel "auto" picks per op. `medmix bench --device cuda` prints the measured choice
+# (bench.gpu_preference), and a test holds this table to the newest full GPU results JSON committed
+# under benchmarks/results/. No op has been measured on a GPU yet; the CUDA C++ kernels are the
+# default until they are.
 GPU_PREFERENCE = {"gaussian_blend": "cuda", "saliency": "cuda", "patch_ratio_pool": "cuda",
                   "adm": "cuda"}
 

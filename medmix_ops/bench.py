@@ -622,7 +622,52 @@ def format_table(result: dict) -> str:
                       f"training step {e2e['step_ms']:.1f} ms"]
         for k, v in e2e["policies"].items():
             lines.append(f"  {k:<16}{v['ms']:>9.2f} ms  {100 * v['share_of_step']:6.1f}% of a step")
+    lines += format_gpu_preference(result)
     return "\n".join(lines)
+
+
+def _op_of_group(name: str) -> str | None:
+    """The GPU_PREFERENCE key an op group measures (None for the policies)."""
+    for op in _backend.GPU_PREFERENCE:
+        if name == op or name.startswith(op + "_"):
+            return op
+    return None
+
+
+def gpu_preference(result: dict) -> dict[str, dict]:
+    """From a ``medmix bench --device cuda`` result: per op, the GPU kernel ``backend="auto"``
+    should pick. For each op, the geometric mean over its groups of the CUDA kernel's median
+    over the Triton kernel's (``medmix_cuda`` / ``medmix_triton`` rows, the fresh-output ones)
+    decides: at most 1 -> "cuda", above -> "triton". Ops without both rows are left out.
+
+    Returns {op: {"choice": "cuda" | "triton", "cuda_over_triton": ratio, "groups": n}}.
+    """
+    ratios: dict[str, list[float]] = {}
+    for grp in result["groups"]:
+        op = _op_of_group(grp["name"])
+        by = {r["provider"]: r["median_ms"] for r in grp["rows"]}
+        if op is not None and "medmix_cuda" in by and "medmix_triton" in by:
+            ratios.setdefault(op, []).append(by["medmix_cuda"] / by["medmix_triton"])
+    out = {}
+    for op, rs in ratios.items():
+        g = math.exp(sum(math.log(r) for r in rs) / len(rs))
+        out[op] = dict(choice="cuda" if g <= 1 else "triton", cuda_over_triton=g, groups=len(rs))
+    return out
+
+
+def format_gpu_preference(result: dict) -> list[str]:
+    """The measured choice per op next to GPU_PREFERENCE's (empty without CUDA and Triton rows)."""
+    pref = gpu_preference(result)
+    if not pref:
+        return []
+    lines = ["", "backend=\"auto\" on CUDA tensors (geometric mean of cuda / triton medians per op):"]
+    for op, v in pref.items():
+        now = _backend.GPU_PREFERENCE.get(op)
+        verdict = "matches GPU_PREFERENCE" if now == v["choice"] else \
+            f"GPU_PREFERENCE says {now!r}: update medmix_ops/_backend.py"
+        lines.append(f"  {op:<18}cuda/triton {v['cuda_over_triton']:.2f} over {v['groups']} group(s) -> "
+                     f"{v['choice']:<7}{verdict}")
+    return lines
 
 
 def save_json(result: dict, path: str) -> str:

@@ -1,5 +1,6 @@
 """`medmix bench` runs, compares like with like, and writes its JSON and chart."""
 import json
+import pathlib
 
 import pytest
 
@@ -134,3 +135,47 @@ def test_gpu_session_selects_every_gpu_only_test():
     assert len(gpu_only) >= 8, gpu_only  # the scan found the GPU tests (not vacuous)
     missed = [t for t in gpu_only if not any(k in t for k in keywords)]
     assert not missed, f"GPU-only tests the GPU stage would not select: {missed}"
+
+
+def _rows(**medians):
+    return [dict(provider=k, median_ms=v) for k, v in medians.items()]
+
+
+def test_gpu_preference_is_the_faster_gpu_kernel_per_op():
+    result = dict(groups=[
+        dict(name="gaussian_blend", rows=_rows(medmix_cuda=1.0, medmix_triton=2.0, reference_eager=9.0)),
+        # saliency: two groups, geometric mean sqrt(3 * 1.5) > 1
+        dict(name="saliency_spectral_residual", rows=_rows(medmix_cuda=3.0, medmix_triton=1.0)),
+        dict(name="saliency_fine_grained", rows=_rows(medmix_cuda=3.0, medmix_triton=2.0)),
+        # the out= rows are not the op's fresh-output call; the fresh rows decide
+        dict(name="adm_mix", rows=_rows(medmix_cuda=2.0, medmix_triton=1.0, medmix_cuda_out=0.1)),
+        dict(name="patch_ratio_pool", rows=_rows(medmix_cuda=1.0)),  # no Triton row: left out
+        dict(name="policy_mixup", rows=_rows(medmix_cuda=1.0, medmix_triton=9.0)),  # not an op
+    ])
+    pref = bench.gpu_preference(result)
+    assert {op: v["choice"] for op, v in pref.items()} == {
+        "gaussian_blend": "cuda", "saliency": "triton", "adm": "triton"}
+    assert pref["saliency"]["cuda_over_triton"] == pytest.approx(4.5 ** 0.5)
+    assert pref["saliency"]["groups"] == 2
+    text = "\n".join(bench.format_gpu_preference(result))
+    assert "adm" in text and "update medmix_ops/_backend.py" in text
+    assert bench.format_gpu_preference(dict(groups=[result["groups"][4]])) == []  # CPU results
+
+
+def test_auto_backend_follows_the_latest_committed_gpu_results():
+    """GPU_PREFERENCE must be what the newest full GPU results JSON under benchmarks/results/
+    measured; skipped until a GPU has produced one."""
+    from medmix_ops import _backend
+
+    results = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    gpu = []
+    for path in results.glob("*.json"):
+        data = json.loads(path.read_text())
+        if data.get("device_kind") == "cuda" and "groups" in data and not data.get("quick"):
+            gpu.append((data["date"], path.name, data))
+    if not gpu:
+        pytest.skip("no full GPU benchmark results committed yet")
+    date, name, latest = max(gpu, key=lambda t: t[:2])
+    measured = {op: v["choice"] for op, v in bench.gpu_preference(latest).items()}
+    assert measured, f"{name} has no medmix_cuda / medmix_triton rows"
+    assert {op: _backend.GPU_PREFERENCE[op] for op in measured} == measured, name
