@@ -34,6 +34,7 @@ def test_correct_kernels_give_their_results(selftest):
     torch.testing.assert_close(selftest("warp_sum", x), sums, rtol=0, atol=0)
     assert selftest("count", x).item() == 3 * 64  # atomicAdd from every thread
     assert selftest("fits", x)[0, 1:].eq(1).all()
+    assert selftest("within_launch_bounds", x)[0].eq(1).all()  # a block at the bound runs
 
 
 @pytest.mark.parametrize("case", ["reverse_no_barrier", "reverse_twice_no_middle_barrier"])
@@ -57,6 +58,8 @@ def test_unwritten_shared_memory_reads_as_nan(selftest):
     ("empty_grid", r"invalid configuration argument: grid of 0 blocks"),
     ("too_many_threads", r"invalid configuration argument: block of 2048 threads"),
     ("too_much_shared", r"too much dynamic shared memory: 65536 bytes"),
+    ("over_launch_bounds", r"too many resources requested for launch: a block of 128 threads, "
+                           r"over the kernel's __launch_bounds__\(64\)"),
 ])
 def test_what_a_gpu_would_reject_is_an_error(selftest, case, message):
     with pytest.raises(RuntimeError, match=message):
@@ -79,6 +82,23 @@ def test_rewrite_of_cuda_syntax():
     assert "float (&part)[32] = ::medmix_emu::static_shared<float[32]>(&part_emu_key);" in out
     assert "::medmix_emu::launch(blocks, 128, smem, stream, k<float, 2>)(p);" in out
     assert f"TORCH_LIBRARY_IMPL({NAMESPACE}, CPU, m)" in out and "c10/cuda" not in out
+
+
+def test_rewrite_checks_launch_bounds_in_the_kernel_body():
+    src = ("template <typename T>\n__global__ void __launch_bounds__(kThreads, 2)\n"
+           "    k(const T* p, Strides4 s, int (*f)(int)) {\n  p[0];\n}\n"
+           "TORCH_LIBRARY_IMPL(medmix, CUDA, m) {}\n")
+    out = build.rewrite_cuda(src, "x.cu")
+    assert out.split("\n", 2)[2].count("\n") == src.count("\n")
+    assert "int (*f)(int)) { ::medmix_emu::check_launch_bounds(kThreads, 2);\n  p[0];" in out
+    with pytest.raises(RuntimeError, match="x.cu:1: a __launch_bounds__ kernel without a body"):
+        build.rewrite_cuda("__global__ void __launch_bounds__(64) k(int* p);\n"
+                           "TORCH_LIBRARY_IMPL(medmix, CUDA, m) {}\n", "x.cu")
+    # every bounded kernel of csrc/cuda is checked
+    for cu in sorted((build.CSRC / "cuda").glob("*.cu")):
+        text = cu.read_text()
+        assert build.rewrite_cuda(text, cu.name).count("check_launch_bounds(") == \
+            text.count("__launch_bounds__(")
 
 
 @pytest.mark.parametrize("construct", ["__syncwarp();", "atomicMax(p, 1);", "__shfl_down_sync(~0u, v, 1);",

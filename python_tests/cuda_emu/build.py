@@ -2,7 +2,8 @@
 registers them as torch.ops.medmix_cuda_emu (the CPU dispatch key, the schemas of csrc/ops.cpp).
 
 The .cu files are not edited by hand for this: they are rewritten mechanically (launch syntax,
-shared-memory declarations, c10/cuda includes, the registration's namespace and key). A CUDA
+shared-memory declarations, c10/cuda includes, launch-bounds checks, the registration's
+namespace and key). A CUDA
 construct the rewrite does not know is an error here, so the emulation cannot quietly drift
 from the sources. Build products go to build/cuda_emu/ (ninja: rebuilt only when a source or
 the emulator changes).
@@ -30,10 +31,41 @@ _LEFTOVERS = re.compile(r"<<<|>>>|__shared__|c10/cuda|cuda_runtime|__shfl_(?!xor
                         r"atomic(?!Add\b)[A-Z]\w*|cooperative_groups|__ldg|__syncwarp")
 
 
+def _balanced(text: str, open_at: int) -> int:
+    """The index just past the parenthesis that closes the one at text[open_at]."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        if depth == 0:
+            return i + 1
+    raise RuntimeError("unbalanced parentheses")
+
+
+def _check_launch_bounds(text: str, name: str) -> str:
+    """`__global__ void __launch_bounds__(N) k(...) {` gets `check_launch_bounds(N);` as the
+    first statement of its body: a GPU refuses a launch of more threads than the bound the
+    kernel was compiled for (its registers were allotted for N), and so does the emulation."""
+    out, pos = [], 0
+    for m in re.finditer(r"__launch_bounds__\s*\(", text):
+        bounds_end = _balanced(text, m.end() - 1)
+        params = text.index("(", bounds_end)
+        body = _balanced(text, params)
+        brace = re.compile(r"\s*\{").match(text, body)
+        if brace is None:
+            line = text.count("\n", 0, m.start()) + 1
+            raise RuntimeError(f"{name}:{line}: a __launch_bounds__ kernel without a body here "
+                               "is not handled by the CUDA emulation")
+        bound = text[m.end():bounds_end - 1]
+        out += [text[pos:brace.end()], f" ::medmix_emu::check_launch_bounds({bound});"]
+        pos = brace.end()
+    return "".join(out) + text[pos:]
+
+
 def rewrite_cuda(text: str, name: str, registers_medmix: bool = True) -> str:
     """One .cu / .cuh file as C++ for the emulator. A library .cu file (registers_medmix) must
     hold the block that registers its CUDA kernels; it is moved to the emulation's namespace."""
     out = _CUDA_INCLUDE.sub("\n", text)  # (every rewrite keeps the line numbers)
+    out = _check_launch_bounds(out, name)
     out = _DYNAMIC_SHARED.sub(
         lambda m: f"{m[1]}* {m[2]} = reinterpret_cast<{m[1]}*>(::medmix_emu::dynamic_shared());", out)
     out = _STATIC_SHARED.sub(
@@ -63,6 +95,9 @@ def write_sources(dest: pathlib.Path) -> list[str]:
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
 
+    # Trees built before cuda_emu.h was included in place hold a copy of it here, which the
+    # quoted includes would find before the real one.
+    (dest / "cuda_emu.h").unlink(missing_ok=True)
     for header in sorted((CSRC / "common").glob("*.h")):
         put(dest / "common" / header.name, header.read_text())
     sources = []

@@ -8,8 +8,8 @@
 // cooperative fibers switched at __syncthreads and __shfl_xor_sync only, in one of three
 // orders (see Schedule), so a run is deterministic. What a GPU would reject or leave
 // undefined is an error here instead of a silent pass:
-//   - a launch with 0 blocks or threads, more than 1024 threads, or more than 48 KiB of
-//     shared memory (no opt-in);
+//   - a launch with 0 blocks or threads, more than 1024 threads, more threads than the
+//     kernel's __launch_bounds__, or more than 48 KiB of shared memory (no opt-in);
 //   - __syncthreads reached from different call sites by the threads of one block (divergent
 //     barriers), or a barrier that can never complete;
 //   - __shfl_xor_sync with a full mask in a warp that is not fully populated, or from
@@ -410,6 +410,17 @@ template <typename G, typename B, typename S, typename Stream, typename Kernel>
 Launch<Kernel> launch(G grid, B block, S smem, const Stream&, Kernel* kernel) {
   return Launch<Kernel>{static_cast<int64_t>(grid), static_cast<int64_t>(block),
                         static_cast<int64_t>(smem), kernel};
+}
+
+// First statement of every kernel declared with __launch_bounds__(max_threads, ...) (build.py):
+// a block larger than the bound is a launch a GPU refuses (the kernel's registers were
+// allotted for max_threads; "too many resources requested for launch").
+inline void check_launch_bounds(int64_t max_threads, int64_t /*min_blocks*/ = 0,
+                                int64_t /*max_cluster*/ = 0) {
+  const int64_t t = int64_t(rt.block_dim.x) * rt.block_dim.y * rt.block_dim.z;
+  if (t > max_threads)
+    fail("too many resources requested for launch: a block of " + std::to_string(t) +
+         " threads, over the kernel's __launch_bounds__(" + std::to_string(max_threads) + ")");
 }
 
 inline unsigned char* dynamic_shared() {

@@ -74,6 +74,12 @@ __global__ void overflow_kernel(float* out, int n) {
 
 __global__ void count_kernel(int* count) { atomicAdd(count, 1); }
 
+// Compiled for blocks of at most 64 threads.
+__global__ void __launch_bounds__(64)
+    bounded_kernel(float* out) {
+  out[threadIdx.x] = 1.f;
+}
+
 // Reads one element past the end of x (global memory): only AddressSanitizer sees it
 // (`make test-cuda-asan`; test_cuda_emulation.py runs it in a child process).
 __global__ void out_of_bounds_kernel(const float* x, float* out, int n) {
@@ -110,6 +116,10 @@ at::Tensor run(const std::string& which, const at::Tensor& x_in) {
     reverse_kernel<<<1, 2048, 0, stream>>>(px, po, n, true);
   } else if (which == "too_much_shared") {
     overflow_kernel<<<1, n, 64 * 1024, stream>>>(po, n);
+  } else if (which == "within_launch_bounds") {
+    bounded_kernel<<<1, 64, 0, stream>>>(po);
+  } else if (which == "over_launch_bounds") {
+    bounded_kernel<<<1, 128, 0, stream>>>(po);
   } else if (which == "out_of_bounds") {
     out_of_bounds_kernel<<<blocks, n, 0, stream>>>(px, po, n);
   } else if (which == "count") {
