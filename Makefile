@@ -18,12 +18,13 @@ export TRITON_INTERPRET ?= 1
 endif
 PYTEST_ARGS ?=
 
-.PHONY: help venv build demo test test-cuda-asan test-fast cmake bench clean distclean lock
+.PHONY: help venv build demo test test-cuda-asan test-triton-races test-fast cmake bench clean distclean lock
 
 help:
 	@echo "make demo    - blend generated images with every backend: table + demo_out/preview.png"
 	@echo "make test    - build, run the C++ standalone check and the pytest suite"
 	@echo "make test-cuda-asan - the emulated CUDA kernels' tests under AddressSanitizer"
+	@echo "make test-triton-races - every interpreted Triton op test under the race detector"
 	@echo "make bench   - pytest-benchmark suite (benchmarks/)"
 	@echo "make cmake   - build csrc/ with CMake against libtorch (compile_commands.json)"
 	@echo "make clean   - remove build products (keeps .venv)"
@@ -60,6 +61,9 @@ test-cuda-asan: build
 	# (libstdc++ preloaded too: python does not link it, and ASan must find __cxa_throw at start-up)
 	MEDMIX_EMU_ASAN=1 ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 		$(PY) -m pytest python_tests -k "cuda-emulated or cuda_emulation" $(PYTEST_ARGS)
+
+test-triton-races: build
+	MEDMIX_TRITON_RACES=1 TRITON_INTERPRET=1 $(PY) -m pytest python_tests -k "cpu-triton or triton_races" $(PYTEST_ARGS)
 
 test-fast: build
 	$(PY) -m pytest python_tests -x -q $(PYTEST_ARGS)

@@ -44,12 +44,23 @@ DEVICE_BACKENDS = [
 KERNEL_BACKENDS = [p for p in DEVICE_BACKENDS if p.values[0][1] != "reference"]
 
 
+# MEDMIX_TRITON_RACES=1: every interpreted Triton case of the op tests also runs under the race
+# detector of triton_race_check.py (test_triton_races.py runs it on a fixed set in CI).
+TRITON_RACES = os.environ.get("MEDMIX_TRITON_RACES") == "1"
+
+
 def _backend_pair(request):
     if request.param == EMULATED_CUDA:
         from cuda_emu import emulated_cuda_backend
 
         with emulated_cuda_backend():
             yield request.param
+    elif TRITON_RACES and request.param == ("cpu", "triton"):
+        from triton_race_check import RaceCheck
+
+        with RaceCheck() as check:
+            yield request.param
+        assert check.races == [], "\n".join(check.races)
     else:
         yield request.param
 
