@@ -91,3 +91,42 @@ def run_script_under_envs(tmp_path, script: str, envs: dict, timeout: int = 600)
         assert res.returncode == 0, res.stderr[-2000:]
         runs[name] = torch.load(out)
     return runs
+
+
+def every_op_path(backend: str) -> list:
+    """Calls every public op with `backend` over the paths that change a kernel's memory
+    traffic (odd sizes, so masked edges; channels_last; uint8; sigma 0 and > 0; partner rows;
+    the backward; each saliency method and ADM mode; patch pooling padded and expanded) on
+    small fixed CPU inputs. Returns every output tensor, in call order."""
+    from medmix_ops import adm_mask, adm_mix, gaussian_blend, patch_ratio_pool, saliency
+    from medmix_ops.ops.gaussian_blend import blend_trusted
+
+    g = torch.Generator().manual_seed(0)
+    B, C, H, W = 2, 3, 19, 23
+    x = torch.rand(B, C, H, W, generator=g)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    x8 = (x * 255).round().to(torch.uint8)
+    mask = torch.rand(B, 1, H, W, generator=g)
+    outs = []
+    for a in (x, x_cl, x8):
+        for sigma in (0.0, 1.5):
+            outs += gaussian_blend(a, a.flip(0), mask, sigma, return_alpha=True, backend=backend)
+    outs.append(blend_trusted(x, x, mask, 1.5, torch.tensor([1, 0]), backend))
+    ga, gb = x.clone().requires_grad_(), x.flip(0).requires_grad_()
+    gaussian_blend(ga, gb, mask, 1.5, backend=backend)[0].pow(2).sum().backward()
+    outs += [ga.grad, gb.grad]
+    for a in (x, x8):
+        outs.append(saliency(a, "spectral_residual", backend=backend))
+        outs.append(saliency(a, "fine_grained", backend=backend))
+    outs.append(saliency(x_cl - 0.5, "gradient", sigma=2.0, backend=backend))
+    acts = torch.rand(B, 8, 5, 6, generator=g)
+    outs.append(saliency(acts, "gradcam", grads=torch.randn(acts.shape, generator=g), size=(H, W),
+                         backend=backend))
+    x_hat = (x + 0.3 * torch.rand(x.shape, generator=g)).clamp(0, 1)
+    for mode in ("lambda", "otsu", "quantile"):
+        outs += adm_mask(x, x_hat, 0.4, mode, backend=backend)
+    outs += adm_mix(x_cl, x_hat, torch.tensor([1, 0]), torch.tensor([0.3, 0.6]), backend=backend)
+    s_a, s_b = torch.rand(B, 1, 32, 48, generator=g), torch.rand(B, 1, 32, 48, generator=g)
+    outs += patch_ratio_pool(s_a, s_b, 16, 0.8, expand=True, backend=backend)
+    outs += patch_ratio_pool(s_a[..., :30, :45], s_b[..., :30, :45], 16, 0.8, pad=True, backend=backend)
+    return [o.detach() for o in outs if isinstance(o, torch.Tensor)]

@@ -68,6 +68,37 @@ def test_what_a_gpu_would_reject_is_an_error(selftest, case, message):
     torch.testing.assert_close(selftest("reverse", _x()), _x().flip(1), rtol=0, atol=0)
 
 
+def test_blocks_that_race_give_different_results_in_another_launch_order(selftest):
+    from cuda_emu import launch_order
+
+    results = []
+    for order in (0, 1, 2):
+        with launch_order(order):
+            results.append(selftest("chain", _x(blocks=5)).reshape(-1)[:5].tolist())
+    assert results[0] == [1.0, 2.0, 3.0, 4.0, 5.0]  # in order, the race is invisible
+    assert results[1] != results[0] and results[2] != results[0], results
+    assert torch.ops.medmix_cuda_emu_selftest.set_launch_order(0) == 0  # restored afterwards
+
+
+def test_every_cuda_kernel_gives_the_same_bits_in_every_launch_order():
+    """Blocks in order, reversed and strided, each block under another thread schedule: a GPU
+    promises no order, so a kernel whose blocks race on global memory, or whose result depends
+    on which thread ran first, fails here."""
+    from cuda_emu import emulated_cuda_backend, launch_order
+    from helpers import every_op_path
+
+    with emulated_cuda_backend():
+        runs = []
+        for order in (0, 1, 2):
+            with launch_order(order):
+                runs.append(every_op_path("cuda"))
+    assert len(runs[0]) > 30
+    for order, outs in ((1, runs[1]), (2, runs[2])):
+        for i, (want, got) in enumerate(zip(runs[0], outs)):
+            assert torch.equal(want, got) or (want.isnan().any() and torch.allclose(
+                want, got, rtol=0, atol=0, equal_nan=True)), f"output {i} differs in launch order {order}"
+
+
 def test_rewrite_of_cuda_syntax():
     src = ("#include <c10/cuda/CUDAGuard.h>\n"
            "template <typename T> __global__ void k(T* p) {\n"

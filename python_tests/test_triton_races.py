@@ -116,42 +116,13 @@ def test_the_checker_is_removed_afterwards():
 
 
 def test_every_triton_kernel_is_race_free():
-    """Every Triton kernel, over the paths that change its memory traffic: odd sizes (masked
-    edges), channels_last, uint8, sigma 0 and > 0, the partner rows, the backward, each
-    saliency method and ADM mode, patch pooling with padding and expansion."""
-    from medmix_ops import adm_mask, adm_mix, gaussian_blend, patch_ratio_pool, saliency
-    from medmix_ops.ops.gaussian_blend import blend_trusted
+    """Every Triton kernel, over the paths of helpers.every_op_path."""
+    from helpers import every_op_path
 
-    g = torch.Generator().manual_seed(0)
-    B, C, H, W = 2, 3, 19, 23
-    T = "triton"
-    x = torch.rand(B, C, H, W, generator=g)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    x8 = (x * 255).round().to(torch.uint8)
-    mask = torch.rand(B, 1, H, W, generator=g)
     with RaceCheck() as check:
-        for a in (x, x_cl, x8):
-            for sigma in (0.0, 1.5):
-                gaussian_blend(a, a.flip(0), mask, sigma, return_alpha=True, backend=T)
-        blend_trusted(x, x, mask, 1.5, torch.tensor([1, 0]), T)
-        ga, gb = x.clone().requires_grad_(), x.flip(0).requires_grad_()
-        gaussian_blend(ga, gb, mask, 1.5, backend=T)[0].sum().backward()
-        for a in (x, x8):
-            saliency(a, "spectral_residual", backend=T)
-            saliency(a, "fine_grained", backend=T)
-        saliency(x_cl - 0.5, "gradient", sigma=2.0, backend=T)
-        acts = torch.rand(B, 8, 5, 6, generator=g)
-        saliency(acts, "gradcam", grads=torch.randn(acts.shape, generator=g), size=(H, W), backend=T)
-        x_hat = (x + 0.3 * torch.rand(x.shape, generator=g)).clamp(0, 1)
-        for mode in ("lambda", "otsu", "quantile"):
-            adm_mask(x, x_hat, 0.4, mode, backend=T)
-        adm_mix(x_cl, x_hat, torch.tensor([1, 0]), torch.tensor([0.3, 0.6]), backend=T)
-        s_a, s_b = torch.rand(B, 1, 32, 48, generator=g), torch.rand(B, 1, 32, 48, generator=g)
-        patch_ratio_pool(s_a, s_b, 16, 0.8, expand=True, backend=T)
-        patch_ratio_pool(s_a[..., :30, :45], s_b[..., :30, :45], 16, 0.8, pad=True, backend=T)
+        every_op_path("triton")
     assert check.races == [], "\n".join(check.races)
-    launched = {name for name in check.kernels}
-    assert launched >= {"gaussian_blend_forward_kernel", "gaussian_blend_backward_kernel",
-                        "saliency_map_kernel", "spectral_residual_kernel", "fine_grained_kernel",
-                        "adm_minmax_kernel", "adm_apply_kernel", "adm_histogram_kernel",
-                        "adm_mix_kernel", "patch_pool_kernel", "patch_ratio_kernel"}, launched
+    assert check.kernels >= {"gaussian_blend_forward_kernel", "gaussian_blend_backward_kernel",
+                             "saliency_map_kernel", "spectral_residual_kernel", "fine_grained_kernel",
+                             "adm_minmax_kernel", "adm_apply_kernel", "adm_histogram_kernel",
+                             "adm_mix_kernel", "patch_pool_kernel", "patch_ratio_kernel"}, check.kernels

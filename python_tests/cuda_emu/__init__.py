@@ -4,8 +4,10 @@ backend pair runs every op test with backend="cuda" on CPU tensors through these
 
 What it proves and what it does not: the kernels' indexing, tiling, reductions, barrier
 placement, shuffles and launch sizes, checked against the references on the same odd shapes,
-dtypes and layouts as the other backends. Not: the CUDA compiler, real concurrency (races),
-memory coalescing or speed. A GPU run is still what makes a CUDA kernel done.
+dtypes and layouts as the other backends, and that their results do not depend on the order
+of blocks or threads (launch_order). Not: the CUDA compiler, real concurrency (a race shows
+only where some order exposes it), memory coalescing or speed. A GPU run is still what makes
+a CUDA kernel done.
 """
 from __future__ import annotations
 
@@ -63,6 +65,18 @@ def emulated_cuda_backend():
             yield
     finally:
         _backend._resolve.cache_clear()
+
+
+@contextlib.contextmanager
+def launch_order(order: int):
+    """Within: the emulator runs each launch's blocks in order 0 (as numbered), 1 (reversed) or
+    2 (strided), each block under another of the three thread schedules (cuda_emu.h)."""
+    load()
+    before = torch.ops.medmix_cuda_emu_selftest.set_launch_order(order)
+    try:
+        yield
+    finally:
+        torch.ops.medmix_cuda_emu_selftest.set_launch_order(before)
 
 
 def asan_environment() -> dict | None:

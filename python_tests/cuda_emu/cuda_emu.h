@@ -4,7 +4,8 @@
 // csrc/cuda/*.cu into plain C++ that includes this header, and registers the result as the
 // CPU kernels of the torch.ops.medmix_cuda_emu namespace.
 //
-// Model: the blocks of a launch run one after another; the threads of a block run as
+// Model: the blocks of a launch run one after another (in order, reversed or strided: see
+// Runtime::launch_order); the threads of a block run as
 // cooperative fibers switched at __syncthreads and __shfl_xor_sync only, in one of three
 // orders (see Schedule), so a run is deterministic. What a GPU would reject or leave
 // undefined is an error here instead of a silent pass:
@@ -41,6 +42,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <numeric>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -185,6 +187,11 @@ struct Runtime {
   std::unordered_map<const void*, SharedArray> static_shared;
   const std::function<void()>* body = nullptr;
   std::exception_ptr error;
+  // Which order the blocks of a launch run in, and which schedule each gets (run_grid): 0 in
+  // order, 1 reversed, 2 strided. A kernel whose blocks race on global memory (one reading
+  // what another writes) or whose result depends on thread order gives different bits under
+  // different orders; a GPU promises neither order.
+  int launch_order = 0;
 };
 
 inline Runtime rt;
@@ -383,9 +390,15 @@ inline void run_grid(int64_t grid, int64_t block, int64_t smem, const std::funct
   rt.dynamic_shared.size = static_cast<size_t>(smem);
   rt.body = &body;
   rt.error = nullptr;
-  for (unsigned bx = 0; bx < g; ++bx) {
+  // order 2: block (k * stride) mod g, with stride coprime to g, so every block runs once
+  unsigned stride = g / 2 + 1;
+  while (std::gcd(stride, g) != 1) ++stride;
+  for (unsigned k = 0; k < g; ++k) {
+    const unsigned bx = rt.launch_order == 1   ? g - 1 - k
+                        : rt.launch_order == 2 ? static_cast<unsigned>((uint64_t(k) * stride) % g)
+                                               : k;
     rt.block_idx.x = bx;
-    run_block(t, kSchedules[bx % 3]);
+    run_block(t, kSchedules[(bx + static_cast<unsigned>(rt.launch_order)) % 3]);
   }
 }
 

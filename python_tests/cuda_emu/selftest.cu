@@ -80,6 +80,13 @@ __global__ void __launch_bounds__(64)
   out[threadIdx.x] = 1.f;
 }
 
+// Block b adds 1 to what block b - 1 wrote: a race between blocks (a GPU runs them in any
+// order, or at once), invisible when the blocks run in order.
+__global__ void chain_kernel(float* out) {
+  const int b = blockIdx.x;
+  if (threadIdx.x == 0) out[b] = (b == 0 ? 0.f : out[b - 1]) + 1.f;
+}
+
 // Reads one element past the end of x (global memory): only AddressSanitizer sees it
 // (`make test-cuda-asan`; test_cuda_emulation.py runs it in a child process).
 __global__ void out_of_bounds_kernel(const float* x, float* out, int n) {
@@ -116,6 +123,8 @@ at::Tensor run(const std::string& which, const at::Tensor& x_in) {
     reverse_kernel<<<1, 2048, 0, stream>>>(px, po, n, true);
   } else if (which == "too_much_shared") {
     overflow_kernel<<<1, n, 64 * 1024, stream>>>(po, n);
+  } else if (which == "chain") {
+    chain_kernel<<<blocks, 32, 0, stream>>>(po);
   } else if (which == "within_launch_bounds") {
     bounded_kernel<<<1, 64, 0, stream>>>(po);
   } else if (which == "over_launch_bounds") {
@@ -134,6 +143,15 @@ at::Tensor run(const std::string& which, const at::Tensor& x_in) {
 
 }  // namespace
 
+// Sets the emulator's launch order (cuda_emu.h, Runtime::launch_order); returns the previous.
+int64_t set_launch_order(int64_t order) {
+  TORCH_CHECK(order >= 0 && order <= 2, "launch order must be 0, 1 or 2, got ", order);
+  const int64_t before = ::medmix_emu::rt.launch_order;
+  ::medmix_emu::rt.launch_order = static_cast<int>(order);
+  return before;
+}
+
 TORCH_LIBRARY(medmix_cuda_emu_selftest, m) {
   m.def("run(str which, Tensor x) -> Tensor", &run);
+  m.def("set_launch_order(int order) -> int", &set_launch_order);
 }
