@@ -188,7 +188,9 @@ def _selftest_under_asan(case):
     env = asan_environment()
     if env is None:
         pytest.skip("gcc's libasan is not installed")
-    code = ("import sys; sys.path.insert(0, 'python_tests'); import torch; from cuda_emu import load; load(); "
+    # (only the self-test kernels: `make test-cuda-asan` builds and runs the rest)
+    code = ("import sys; sys.path.insert(0, 'python_tests'); import torch; from cuda_emu import build; "
+            "build.load(selftest_only=True); "
             f"torch.ops.medmix_cuda_emu_selftest.run({case!r}, torch.zeros(2, 64)); print('survived')")
     return subprocess.run([sys.executable, "-c", code], cwd=build.ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=900)

@@ -359,9 +359,9 @@ def test_blurred_alpha_and_lam_never_exceed_one(device_backend):
     """The normalised taps can round to a sum an ulp above 1, so a window of ones blurred to
     1.0000001 and lam exceeded 1: for 106 of these 400 sigmas on the CPU kernel (and on the
     emulated CUDA kernel, 103 on Triton) before every backend capped a blurred alpha at 1.
-    (The interpreted Triton kernel gets every eighth sigma: 10 of those 50 failed.)"""
+    (The interpreted Triton kernel gets every 16th sigma.)"""
     device, backend = device_backend
-    sigma = torch.linspace(0.1, 8.0, 400, device=device)[::8] if backend == "triton" else \
+    sigma = torch.linspace(0.1, 8.0, 400, device=device)[::16] if backend == "triton" else \
         torch.linspace(0.1, 8.0, 400, device=device)
     for H, W in [(1, 1), (5, 7)]:
         x = torch.rand(len(sigma), 1, H, W, device=device)

@@ -72,8 +72,10 @@ def compile_only(run):
     return wrapper
 
 
-def exercise() -> None:
-    """Every public entry point that launches Triton, over the specialisations that matter."""
+def exercise(layouts=(False, True)) -> None:
+    """Every public entry point that launches Triton, over the specialisations that matter.
+    layouts: channels_last off / on for the images (--quick: contiguous only, about half the
+    specialisations; channels_last changes only the strides' specialisation hints)."""
     # Imported only now: the modules' @triton.jit must see the interpreter switched off.
     import medmix_ops.triton.adm  # noqa: F401
     import medmix_ops.triton.gaussian_blend  # noqa: F401
@@ -96,7 +98,7 @@ def exercise() -> None:
 
     mask = torch.rand(B, 1, H, W, generator=g)
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.uint8):
-        for cl in (False, True):
+        for cl in layouts:
             a, b = images(dtype, cl), images(dtype, cl)
             for sigma in (0.0, 2.5):
                 for ret in (False, True):
@@ -131,12 +133,15 @@ def main(argv=None) -> int:
     p.add_argument("--arch", type=int, default=90,
                    help="compute capability x 10 (default 90: H100/H200; one per process, since "
                         "triton caches compiled kernels per device)")
-    arch = p.parse_args(argv).arch
+    p.add_argument("--quick", action="store_true",
+                   help="contiguous images only (make test); the default also compiles channels_last")
+    args = p.parse_args(argv)
+    arch = args.arch
     JITFunction.run = compile_only(JITFunction.run)
     driver.set_active(CompileOnlyDriver(arch))
     start = time.time()
     try:
-        exercise()
+        exercise((False,) if args.quick else (False, True))
     except Exception as e:  # noqa: BLE001 - report which kernel and why, then fail
         print(f"sm_{arch}: FAILED after {len(set(COMPILED))} specialisations: {type(e).__name__}: {e}",
               flush=True)

@@ -120,21 +120,25 @@ def write_sources(dest: pathlib.Path) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def load() -> None:
-    """Builds (incrementally) and loads the emulated kernels: torch.ops.medmix_cuda_emu.*."""
+def load(selftest_only: bool = False) -> None:
+    """Builds (incrementally) and loads the emulated kernels: torch.ops.medmix_cuda_emu.*.
+    selftest_only: just the emulator's own buggy kernels (torch.ops.medmix_cuda_emu_selftest),
+    one translation unit instead of six: what `make test` needs to check the ASan mode."""
     from torch.utils import cpp_extension
 
     # MEDMIX_EMU_ASAN=1 (`make test-cuda-asan`, which also preloads libasan): every memory
     # access of the emulated kernels checked by AddressSanitizer.
     asan = os.environ.get("MEDMIX_EMU_ASAN") == "1"
-    build = ROOT / "build" / ("cuda_emu_asan" if asan else "cuda_emu")
+    build = ROOT / "build" / (("cuda_emu_asan" if asan else "cuda_emu") + ("_selftest" if selftest_only else ""))
     sources = write_sources(build / "src")
+    if selftest_only:
+        sources = [s for s in sources if s.endswith("selftest.cpp")]
     objects = build / "obj"
     objects.mkdir(parents=True, exist_ok=True)
     sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
     cpp_extension.load(
         # (cuda_emu.h is included from here; ninja's depfiles track it like any header)
-        name=NAMESPACE, sources=sources, extra_include_paths=[str(build / "src"), str(HERE)],
+        name=NAMESPACE + ("_selftest" if selftest_only else ""), sources=sources, extra_include_paths=[str(build / "src"), str(HERE)],
         # -O1: compiles in about half the time of -O3; the test shapes are small.
         extra_cflags=["-O1", "-Wno-unused-variable", *sanitize], extra_ldflags=sanitize[:1],
         build_directory=str(objects),
