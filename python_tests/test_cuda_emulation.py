@@ -95,8 +95,8 @@ def test_every_cuda_kernel_gives_the_same_bits_in_every_launch_order():
     assert len(runs[0]) > 30
     for order, outs in ((1, runs[1]), (2, runs[2])):
         for i, (want, got) in enumerate(zip(runs[0], outs)):
-            assert torch.equal(want, got) or (want.isnan().any() and torch.allclose(
-                want, got, rtol=0, atol=0, equal_nan=True)), f"output {i} differs in launch order {order}"
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True,
+                                       msg=f"output {i} differs in launch order {order}")
 
 
 def test_rewrite_of_cuda_syntax():

@@ -319,5 +319,5 @@ def fine_grained_saliency(grey, scales):
     off = torch.empty_like(on)
     sc = torch.tensor(list(scales), device=grey.device, dtype=torch.int32)
     fine_grained_kernel[(B,)](grey, integral, sc, out, on, off, H, W, sc.numel(), BLOCK=BLOCK,
-                                **cm.LAUNCH_OPTIONS)
+                              **cm.LAUNCH_OPTIONS)
     return out

@@ -3,9 +3,8 @@ registers them as torch.ops.medmix_cuda_emu (the CPU dispatch key, the schemas o
 
 The .cu files are not edited by hand for this: they are rewritten mechanically (launch syntax,
 shared-memory declarations, c10/cuda includes, launch-bounds checks, the registration's
-namespace and key). A CUDA
-construct the rewrite does not know is an error here, so the emulation cannot quietly drift
-from the sources. Build products go to build/cuda_emu/ (ninja: rebuilt only when a source or
+namespace and key). A CUDA construct the rewrite does not know is an error here, so the
+emulation cannot quietly drift from the sources. Build products go to build/cuda_emu/ (ninja: rebuilt only when a source or
 the emulator changes).
 """
 from __future__ import annotations
@@ -29,6 +28,8 @@ _LIBRARY_IMPL = "TORCH_LIBRARY_IMPL(medmix, CUDA, m)"
 # What must not survive the rewrite: CUDA-only syntax or headers the emulator does not provide.
 _LEFTOVERS = re.compile(r"<<<|>>>|__shared__|c10/cuda|cuda_runtime|__shfl_(?!xor_sync)\w*|"
                         r"atomic(?!Add\b)[A-Z]\w*|cooperative_groups|__ldg|__syncwarp")
+_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\s*\(")
+_BODY_OPEN = re.compile(r"\s*\{")
 
 
 def _balanced(text: str, open_at: int) -> int:
@@ -46,11 +47,11 @@ def _check_launch_bounds(text: str, name: str) -> str:
     first statement of its body: a GPU refuses a launch of more threads than the bound the
     kernel was compiled for (its registers were allotted for N), and so does the emulation."""
     out, pos = [], 0
-    for m in re.finditer(r"__launch_bounds__\s*\(", text):
+    for m in _LAUNCH_BOUNDS.finditer(text):
         bounds_end = _balanced(text, m.end() - 1)
         params = text.index("(", bounds_end)
         body = _balanced(text, params)
-        brace = re.compile(r"\s*\{").match(text, body)
+        brace = _BODY_OPEN.match(text, body)
         if brace is None:
             line = text.count("\n", 0, m.start()) + 1
             raise RuntimeError(f"{name}:{line}: a __launch_bounds__ kernel without a body here "
@@ -129,7 +130,8 @@ def load(selftest_only: bool = False) -> None:
     # MEDMIX_EMU_ASAN=1 (`make test-cuda-asan`, which also preloads libasan): every memory
     # access of the emulated kernels checked by AddressSanitizer.
     asan = os.environ.get("MEDMIX_EMU_ASAN") == "1"
-    build = ROOT / "build" / (("cuda_emu_asan" if asan else "cuda_emu") + ("_selftest" if selftest_only else ""))
+    suffix = "_selftest" if selftest_only else ""
+    build = ROOT / "build" / (("cuda_emu_asan" if asan else "cuda_emu") + suffix)
     sources = write_sources(build / "src")
     if selftest_only:
         sources = [s for s in sources if s.endswith("selftest.cpp")]
@@ -138,7 +140,7 @@ def load(selftest_only: bool = False) -> None:
     sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
     cpp_extension.load(
         # (cuda_emu.h is included from here; ninja's depfiles track it like any header)
-        name=NAMESPACE + ("_selftest" if selftest_only else ""), sources=sources, extra_include_paths=[str(build / "src"), str(HERE)],
+        name=NAMESPACE + suffix, sources=sources, extra_include_paths=[str(build / "src"), str(HERE)],
         # -O1: compiles in about half the time of -O3; the test shapes are small.
         extra_cflags=["-O1", "-Wno-unused-variable", *sanitize], extra_ldflags=sanitize[:1],
         build_directory=str(objects),

@@ -5,9 +5,9 @@
 // CPU kernels of the torch.ops.medmix_cuda_emu namespace.
 //
 // Model: the blocks of a launch run one after another (in order, reversed or strided: see
-// Runtime::launch_order); the threads of a block run as
-// cooperative fibers switched at __syncthreads and __shfl_xor_sync only, in one of three
-// orders (see Schedule), so a run is deterministic. What a GPU would reject or leave
+// Runtime::launch_order); the threads of a block run as cooperative fibers switched at
+// __syncthreads and __shfl_xor_sync only, in one of three orders (see Schedule), so a run is
+// deterministic. What a GPU would reject or leave
 // undefined is an error here instead of a silent pass:
 //   - a launch with 0 blocks or threads, more than 1024 threads, more threads than the
 //     kernel's __launch_bounds__, or more than 48 KiB of shared memory (no opt-in);
