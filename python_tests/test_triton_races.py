@@ -123,6 +123,8 @@ def test_every_triton_kernel_is_race_free():
         every_op_path("triton")
     assert check.races == [], "\n".join(check.races)
     assert check.kernels >= {"gaussian_blend_forward_kernel", "gaussian_blend_backward_kernel",
-                             "saliency_map_kernel", "spectral_residual_kernel", "fine_grained_kernel",
+                             "saliency_source_kernel", "saliency_blur_kernel", "saliency_output_kernel",
+                             "saliency_finish_kernel", "spectral_residual_kernel",
+                             "fine_grained_contrast_kernel", "fine_grained_intensity_kernel",
                              "adm_minmax_kernel", "adm_apply_kernel", "adm_histogram_kernel",
                              "adm_mix_kernel", "patch_pool_kernel", "patch_ratio_kernel"}, check.kernels

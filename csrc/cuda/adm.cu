@@ -18,30 +18,17 @@
 #include "../common/adm_args.h"
 #include "../common/strides.h"
 #include "block_reduce.cuh"
+#include "sample_chunks.cuh"
 
 namespace medmix {
 namespace {
 
 constexpr int kThreads = 256;
 
-struct Chunk {
-  int64_t bi, task, k0, k1;
-};
-
-__device__ Chunk chunk_of(int64_t T, int64_t HW) {
-  const int64_t task = blockIdx.x, bi = task / T, k0 = (task % T) * kAdmChunk;
-  return {bi, task, k0, min(k0 + kAdmChunk, HW)};
-}
-
 // (lo, range) of sample bi from its T chunk partials, in every thread; range 0 when flat.
 __device__ void sample_range(const float* minmax, int64_t T, int64_t bi, float* lo, float* range) {
-  float l = FLT_MAX, h = -FLT_MAX;
-  for (int64_t t = threadIdx.x; t < T; t += blockDim.x) {
-    l = fminf(l, minmax[(bi * T + t) * 2]);
-    h = fmaxf(h, minmax[(bi * T + t) * 2 + 1]);
-  }
-  l = block_all_reduce(l, MinOp{}, FLT_MAX);
-  h = block_all_reduce(h, MaxOp{}, -FLT_MAX);
+  float l, h;
+  reduce_sample_pairs(minmax, T, bi, MinOp{}, FLT_MAX, MaxOp{}, -FLT_MAX, &l, &h);
   *lo = l;
   *range = is_flat(l, h) ? 0.f : h - l;
 }
@@ -50,7 +37,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads)
     adm_minmax_kernel(const T* __restrict__ x, const T* __restrict__ xh, float* __restrict__ out,
                       int64_t C, int64_t W, int64_t T_, int64_t HW, Strides4 sx, Strides4 sh) {
-  const Chunk ch = chunk_of(T_, HW);
+  const Chunk ch = chunk_of(kAdmChunk, T_, HW);
   float lo = FLT_MAX, hi = -FLT_MAX;
   for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
     const int64_t y = k / W, xx = k % W;
@@ -61,12 +48,7 @@ __global__ void __launch_bounds__(kThreads)
       hi = fmaxf(hi, d);
     }
   }
-  lo = block_all_reduce(lo, MinOp{}, FLT_MAX);
-  hi = block_all_reduce(hi, MaxOp{}, -FLT_MAX);
-  if (threadIdx.x == 0) {
-    out[ch.task * 2] = lo;
-    out[ch.task * 2 + 1] = hi;
-  }
+  store_chunk_minmax(out, ch.task, lo, hi);
 }
 
 template <typename T>
@@ -75,7 +57,7 @@ __global__ void __launch_bounds__(kThreads)
                      const float* __restrict__ minmax, const float* __restrict__ thr,
                      float* __restrict__ out, int32_t* __restrict__ count, int64_t C, int64_t W,
                      int64_t T_, int64_t HW, Strides4 sx, Strides4 sh, bool emit_score) {
-  const Chunk ch = chunk_of(T_, HW);
+  const Chunk ch = chunk_of(kAdmChunk, T_, HW);
   float lo, range;
   sample_range(minmax, T_, ch.bi, &lo, &range);
   const float t = thr[ch.bi];
@@ -98,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
                          int64_t W, int64_t T_, int64_t HW, Strides4 sx, Strides4 sh) {
   __shared__ int32_t local[kAdmBins];
   for (int i = threadIdx.x; i < kAdmBins; i += blockDim.x) local[i] = 0;
-  const Chunk ch = chunk_of(T_, HW);
+  const Chunk ch = chunk_of(kAdmChunk, T_, HW);
   float lo, range;
   sample_range(minmax, T_, ch.bi, &lo, &range);  // its barriers also publish the zeroed bins
   for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
@@ -119,7 +101,7 @@ __global__ void __launch_bounds__(kThreads)
                    int32_t* __restrict__ count, float* __restrict__ mask, int64_t B, int64_t C,
                    int64_t W, int64_t T_,
                    int64_t HW, Strides4 sx, Strides4 sh, Strides4 ss, Strides4 sr) {
-  const Chunk ch = chunk_of(T_, HW);
+  const Chunk ch = chunk_of(kAdmChunk, T_, HW);
   float lo, range;
   sample_range(minmax, T_, ch.bi, &lo, &range);
   // Clamped so that a bad index can never read outside x (the wrapper validates perm).
@@ -144,9 +126,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 int64_t launch_blocks(const at::Tensor& x) {
-  const int64_t blocks = x.size(0) * adm_chunks(x.size(2), x.size(3));
-  TORCH_CHECK(blocks <= 0x7fffffffLL, "medmix::adm: too many chunks for one launch");
-  return blocks;
+  return chunk_grid(x.size(0), adm_chunks(x.size(2), x.size(3)), "medmix::adm");
 }
 
 #define MEDMIX_ADM_DISPATCH(x, name, ...) \

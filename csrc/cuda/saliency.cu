@@ -1,6 +1,7 @@
-// Saliency kernels on CUDA. saliency_map and fine_grained_saliency: one block per sample, several
-// passes over the sample through per-sample global scratch, separated by __syncthreads().
-// spectral_residual_filter: one thread per frequency. Contracts: csrc/ops.cpp.
+// Saliency kernels on CUDA. saliency_map and fine_grained_saliency: a few launches over a
+// (sample, 2048-pixel chunk) grid, through per-sample global scratch; per-sample min / max come
+// from per-chunk partials (csrc/cuda/sample_chunks.cuh). spectral_residual_filter: one thread per
+// frequency. Contracts: csrc/ops.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
@@ -18,11 +19,15 @@
 #include "../common/saliency.h"
 #include "../common/saliency_args.h"
 #include "block_reduce.cuh"
+#include "sample_chunks.cuh"
 
 namespace medmix {
 namespace {
 
 constexpr int kThreads = 256;
+// Pixels a block takes per pass: a batch of a few large images still fills the GPU (32 x 224^2
+// is 800 blocks), where one block per sample left most SMs idle at small B.
+constexpr int64_t kChunk = 2048;
 
 // The fine-grained window half-sizes, passed by value (no host-to-device copy).
 struct Scales {
@@ -31,72 +36,134 @@ struct Scales {
   int64_t v[kMax];
 };
 
+// Where a map pass writes. Into scratch; or, for the last pass of a map kept at its own size
+// (minmax given), into the output itself, doing the output pass's work: rounded when
+// round_out, gated-off samples as zeros, and the chunk's (min, max) partials.
+struct MapSink {
+  float* dst;
+  float* minmax;
+  bool round_out;
+};
+
+// saliency_map, pass 1 (not direct): the source at each pixel, with the single tap (and the
+// square) when there is no filter.
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    saliency_map_kernel(const T* __restrict__ src, const float* __restrict__ weights,
-                        const float* __restrict__ taps, const bool* __restrict__ gate,
-                        float* __restrict__ out, bool* __restrict__ flat, float* s0_all,
-                        float* s1_all, int64_t mode, int64_t C, int64_t h, int64_t w,
-                        int64_t out_h, int64_t out_w, int64_t T_, int64_t s_b, int64_t s_c,
-                        int64_t s_i, int64_t s_j, bool square, bool normalize, bool quantize) {
-  const int64_t b = blockIdx.x, hw = h * w, n_out = out_h * out_w;
-  float* o = out + b * n_out;
-  if (gate != nullptr && !gate[b]) {  // uniform over the block
-    for (int64_t k = threadIdx.x; k < n_out; k += blockDim.x) o[k] = 0.f;
-    if (threadIdx.x == 0) flat[b] = true;
-    return;
-  }
-  const T* p0 = src + b * s_b;
-  const float* wb = weights != nullptr ? weights + b * C : nullptr;
-  const bool direct = saliency_direct(T_, h, w, out_h, out_w);
-  float* s0 = s0_all + b * hw;
-  float* s1 = s1_all + b * hw;
-  if (!direct) {
-    for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
-      const int64_t i = k / w, j = k % w;
-      float v = quantize_value(saliency_source<T>(mode, p0 + i * s_i + j * s_j, s_c, C, wb), quantize);
+    saliency_source_kernel(const T* __restrict__ src, const float* __restrict__ weights,
+                           const float* __restrict__ taps, const bool* __restrict__ gate,
+                           MapSink sink, int64_t mode, int64_t C, int64_t h, int64_t w,
+                           int64_t T_, int64_t s_b, int64_t s_c, int64_t s_i, int64_t s_j,
+                           bool square, bool quantize) {
+  const Chunk ch = chunk_of(kChunk, chunk_count(h * w, kChunk), h * w);
+  const bool on = gate == nullptr || gate[ch.bi];
+  if (!on && sink.minmax == nullptr) return;  // uniform over the block
+  const T* p0 = src + ch.bi * s_b;
+  const float* wb = weights != nullptr ? weights + ch.bi * C : nullptr;
+  float* dst = sink.dst + ch.bi * h * w;
+  float lo = FLT_MAX, hi = -FLT_MAX;
+  for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
+    const int64_t i = k / w, j = k % w;
+    float v = 0.f;
+    if (on) {
+      v = quantize_value(saliency_source<T>(mode, p0 + i * s_i + j * s_j, s_c, C, wb), quantize);
       if (T_ == 1) {
         v *= taps[0];
         if (square) v *= v;
       }
-      s0[k] = v;
     }
-    __syncthreads();
-    if (T_ > 1) {
-      const int64_t r = T_ / 2;
-      for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
-        const int64_t i = k / w, j = k % w;
-        float v = 0.f;
-        for (int64_t t = 0; t < T_; ++t) v += taps[t] * s0[i * w + reflect_index(j + t - r, w)];
-        s1[k] = v;
-      }
-      __syncthreads();
-      for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
-        const int64_t i = k / w, j = k % w;
-        float v = 0.f;
-        for (int64_t t = 0; t < T_; ++t) v += taps[t] * s1[reflect_index(i + t - r, h) * w + j];
-        s0[k] = square ? v * v : v;
-      }
-      __syncthreads();
+    if (sink.minmax != nullptr) {
+      v = quantize_value(v, sink.round_out);
+      lo = fminf(lo, v);
+      hi = fmaxf(hi, v);
     }
+    dst[k] = v;
   }
-  // Output pass: the map at (out_h, out_w), before normalisation, with its min / max.
-  const bool round_out = quantize && !normalize;
+  if (sink.minmax != nullptr) store_chunk_minmax(sink.minmax, ch.task, lo, hi);
+}
+
+// saliency_map, passes 2 and 3: the filter's taps along rows or along columns (squared when
+// asked).
+__global__ void __launch_bounds__(kThreads)
+    saliency_blur_kernel(const float* __restrict__ in_all, const float* __restrict__ taps,
+                         const bool* __restrict__ gate, MapSink sink, int64_t h, int64_t w,
+                         int64_t T_, bool vertical, bool square) {
+  const Chunk ch = chunk_of(kChunk, chunk_count(h * w, kChunk), h * w);
+  const bool on = gate == nullptr || gate[ch.bi];
+  if (!on && sink.minmax == nullptr) return;  // uniform over the block
+  const float* in = in_all + ch.bi * h * w;
+  float* dst = sink.dst + ch.bi * h * w;
+  const int64_t r = T_ / 2;
   float lo = FLT_MAX, hi = -FLT_MAX;
-  for (int64_t k = threadIdx.x; k < n_out; k += blockDim.x) {
-    const int64_t y = k / out_w, x = k % out_w;
-    float v = direct ? bilinear_source<T>(mode, p0, s_i, s_j, s_c, C, wb, quantize, h, w, y, x, out_h, out_w)
-                     : bilinear_sample(s0, h, w, y, x, out_h, out_w);
-    v = quantize_value(v, round_out);
-    o[k] = v;
-    lo = fminf(lo, v);
-    hi = fmaxf(hi, v);
+  for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
+    const int64_t i = k / w, j = k % w;
+    float v = 0.f;
+    if (on) {
+      if (vertical)
+        for (int64_t t = 0; t < T_; ++t) v += taps[t] * in[reflect_index(i + t - r, h) * w + j];
+      else
+        for (int64_t t = 0; t < T_; ++t) v += taps[t] * in[i * w + reflect_index(j + t - r, w)];
+      if (square) v *= v;
+    }
+    if (sink.minmax != nullptr) {
+      v = quantize_value(v, sink.round_out);
+      lo = fminf(lo, v);
+      hi = fmaxf(hi, v);
+    }
+    dst[k] = v;
   }
-  lo = block_all_reduce(lo, MinOp{}, FLT_MAX);  // barriers: o is complete after these
-  hi = block_all_reduce(hi, MaxOp{}, -FLT_MAX);
-  if (threadIdx.x == 0) flat[b] = is_flat(lo, hi);
-  if (normalize)
-    for (int64_t k = threadIdx.x; k < n_out; k += blockDim.x) o[k] = normalize_value(o[k], lo, hi);
+  if (sink.minmax != nullptr) store_chunk_minmax(sink.minmax, ch.task, lo, hi);
+}
+
+// saliency_map, output pass: the map at (out_h, out_w) before normalisation (bilinear from s0, or
+// from the source itself when direct), and each chunk's (min, max) -> minmax [B, T, 2].
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    saliency_output_kernel(const T* __restrict__ src, const float* __restrict__ weights,
+                           const bool* __restrict__ gate, const float* __restrict__ s0_all,
+                           float* __restrict__ out, float* __restrict__ minmax, int64_t mode,
+                           int64_t C, int64_t h, int64_t w, int64_t out_h, int64_t out_w,
+                           int64_t s_b, int64_t s_c, int64_t s_i, int64_t s_j, bool direct,
+                           bool round_out, bool quantize) {
+  const int64_t n_out = out_h * out_w;
+  const Chunk ch = chunk_of(kChunk, chunk_count(n_out, kChunk), n_out);
+  float* o = out + ch.bi * n_out;
+  float lo = FLT_MAX, hi = -FLT_MAX;
+  if (gate != nullptr && !gate[ch.bi]) {  // uniform over the block: zeros
+    for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) o[k] = 0.f;
+  } else {
+    const T* p0 = src + ch.bi * s_b;
+    const float* wb = weights != nullptr ? weights + ch.bi * C : nullptr;
+    const float* s0 = s0_all + ch.bi * h * w;
+    for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
+      const int64_t y = k / out_w, x = k % out_w;
+      float v = direct ? bilinear_source<T>(mode, p0, s_i, s_j, s_c, C, wb, quantize, h, w, y, x, out_h, out_w)
+                       : bilinear_sample(s0, h, w, y, x, out_h, out_w);
+      v = quantize_value(v, round_out);
+      o[k] = v;
+      lo = fminf(lo, v);
+      hi = fmaxf(hi, v);
+    }
+  }
+  store_chunk_minmax(minmax, ch.task, lo, hi);
+}
+
+// Last pass of saliency_map and fine_grained_saliency: each sample's (min, max) from its chunk
+// partials; flat[b] (when flat is given) from the sample's first block and, when normalize,
+// the min-max normalisation of every chunk in place. Launched over every chunk when normalize,
+// else one block a sample. A gated-off sample stays zeros and is flat.
+__global__ void __launch_bounds__(kThreads)
+    saliency_finish_kernel(const float* __restrict__ minmax, const bool* __restrict__ gate,
+                           float* __restrict__ out, bool* __restrict__ flat, int64_t n,
+                           bool normalize) {
+  const int64_t T = chunk_count(n, kChunk);
+  const Chunk ch = chunk_of(kChunk, normalize ? T : 1, n);
+  float lo, hi;
+  reduce_sample_pairs(minmax, T, ch.bi, MinOp{}, FLT_MAX, MaxOp{}, -FLT_MAX, &lo, &hi);
+  const bool on = gate == nullptr || gate[ch.bi];
+  if (flat != nullptr && ch.k0 == 0 && threadIdx.x == 0) flat[ch.bi] = !on || is_flat(lo, hi);
+  if (!(on && normalize)) return;
+  float* o = out + ch.bi * n;
+  for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) o[k] = normalize_value(o[k], lo, hi);
 }
 
 __global__ void spectral_residual_kernel(const float* __restrict__ spec, float* __restrict__ out,
@@ -107,35 +174,53 @@ __global__ void spectral_residual_kernel(const float* __restrict__ spec, float* 
   spectral_residual_at(spec + b * hw * 2, h, w, k / w, k % w, out + 2 * idx, out + 2 * idx + 1);
 }
 
+// fine_grained_saliency, pass 1: on / off contrast summed over the scales (float64, like the
+// integral image) -> on / off, and each chunk's (max on, max off) -> on_off_max [B, T, 2].
 __global__ void __launch_bounds__(kThreads)
-    fine_grained_kernel(const float* __restrict__ grey, const double* __restrict__ integral,
-                        const Scales scales, float* __restrict__ out, double* on_all, double* off_all, int64_t H,
-                        int64_t W) {
-  const int64_t b = blockIdx.x, hw = H * W;
-  const double* S = integral + b * (H + 1) * (W + 1);
-  double* on = on_all + b * hw;
-  double* off = off_all + b * hw;
-  float* o = out + b * hw;
+    fine_grained_contrast_kernel(const float* __restrict__ grey, const double* __restrict__ integral,
+                                 const Scales scales, double* __restrict__ on_all,
+                                 double* __restrict__ off_all, double* __restrict__ on_off_max,
+                                 int64_t H, int64_t W) {
+  const int64_t hw = H * W;
+  const Chunk ch = chunk_of(kChunk, chunk_count(hw, kChunk), hw);
+  const double* S = integral + ch.bi * (H + 1) * (W + 1);
   double on_max = 0, off_max = 0;
-  for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
-    fine_grained_on_off(S, H, W, k / W, k % W, static_cast<double>(grey[b * hw + k]), scales.v,
-                        scales.n, &on[k], &off[k]);
-    on_max = fmax(on_max, on[k]);
-    off_max = fmax(off_max, off[k]);
+  for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
+    double on, off;
+    fine_grained_on_off(S, H, W, k / W, k % W, static_cast<double>(grey[ch.bi * hw + k]), scales.v,
+                        scales.n, &on, &off);
+    on_all[ch.bi * hw + k] = on;
+    off_all[ch.bi * hw + k] = off;
+    on_max = fmax(on_max, on);
+    off_max = fmax(off_max, off);
   }
   on_max = block_all_reduce(on_max, MaxOp{}, 0.0);
   off_max = block_all_reduce(off_max, MaxOp{}, 0.0);
+  if (threadIdx.x == 0) {
+    on_off_max[ch.task * 2] = on_max;
+    on_off_max[ch.task * 2 + 1] = off_max;
+  }
+}
+
+// fine_grained_saliency, pass 2: on / max(on) + off / max(off) -> out, and each chunk's
+// (min, max) -> minmax [B, T, 2] (saliency_finish_kernel normalises).
+__global__ void __launch_bounds__(kThreads)
+    fine_grained_intensity_kernel(const double* __restrict__ on, const double* __restrict__ off,
+                                  const double* __restrict__ on_off_max, float* __restrict__ out,
+                                  float* __restrict__ minmax, int64_t hw) {
+  const int64_t T = chunk_count(hw, kChunk);
+  const Chunk ch = chunk_of(kChunk, T, hw);
+  double on_max, off_max;
+  reduce_sample_pairs(on_off_max, T, ch.bi, MaxOp{}, 0.0, MaxOp{}, 0.0, &on_max, &off_max);
   float lo = FLT_MAX, hi = -FLT_MAX;
-  for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) {
+  for (int64_t k = ch.bi * hw + ch.k0 + threadIdx.x; k < ch.bi * hw + ch.k1; k += blockDim.x) {
     const float v = static_cast<float>((on_max > 0 ? on[k] / on_max : 0.0) +
                                        (off_max > 0 ? off[k] / off_max : 0.0));
-    o[k] = v;
+    out[k] = v;
     lo = fminf(lo, v);
     hi = fmaxf(hi, v);
   }
-  lo = block_all_reduce(lo, MinOp{}, FLT_MAX);
-  hi = block_all_reduce(hi, MaxOp{}, -FLT_MAX);  // also orders the writes above before the reads
-  for (int64_t k = threadIdx.x; k < hw; k += blockDim.x) o[k] = normalize_value(o[k], lo, hi);
+  store_chunk_minmax(minmax, ch.task, lo, hi);
 }
 
 std::tuple<at::Tensor, at::Tensor> saliency_map_cuda(const at::Tensor& src, int64_t mode,
@@ -147,27 +232,63 @@ std::tuple<at::Tensor, at::Tensor> saliency_map_cuda(const at::Tensor& src, int6
   TORCH_CHECK(src.is_cuda(), "medmix::saliency_map (CUDA kernel) got a ", src.device(), " tensor");
   const c10::cuda::CUDAGuard guard(src.device());
   auto opts = src.options().dtype(at::kFloat);
+  const int64_t hw = d.h * d.w, n_out = out_h * out_w, T_ = taps.size(0);
+  const int64_t T_in = chunk_count(hw, kChunk), T_out = chunk_count(n_out, kChunk);
   auto out = at::empty({d.B, 1, out_h, out_w}, opts);
   auto flat = at::empty({d.B}, src.options().dtype(at::kBool));
-  // Per-sample scratch for the full-size map and the blur's intermediate (none when direct).
-  const bool direct = saliency_direct(taps.size(0), d.h, d.w, out_h, out_w);
-  auto s0 = at::empty({direct ? 0 : d.B, d.h * d.w}, opts);
-  auto s1 = taps.size(0) > 1 ? at::empty({d.B, d.h * d.w}, opts) : s0;
+  auto minmax = at::empty({d.B, T_out, 2}, opts);
+  // Per-sample scratch for the full-size map and the blur's intermediate. None when direct
+  // (the output pass samples the source); when the map keeps its size its last pass writes
+  // the output itself (`in_place`), and no output pass runs.
+  const bool direct = saliency_direct(T_, d.h, d.w, out_h, out_w);
+  const bool in_place = !direct && out_h == d.h && out_w == d.w;
+  auto s0 = at::empty({direct || (in_place && T_ == 1) ? 0 : d.B, hw}, opts);
+  auto s1 = at::empty({T_ > 1 ? d.B : 0, hw}, opts);
   const auto w = weights.contiguous(), t = taps.contiguous(), g = gate.contiguous();
+  const float* wp = w.numel() ? w.const_data_ptr<float>() : nullptr;
+  const float* tp = t.const_data_ptr<float>();
+  const bool* gp = g.numel() ? g.const_data_ptr<bool>() : nullptr;
   const bool complex_src = mode == kSrcComplexAbs;
   const int64_t si = complex_src ? src.stride(1) : src.stride(2);
   const int64_t sj = complex_src ? src.stride(2) : src.stride(3);
+  const int64_t in_blocks = chunk_grid(d.B, T_in, "medmix::saliency_map");
+  const int64_t out_blocks = chunk_grid(d.B, T_out, "medmix::saliency_map");
+  const MapSink to_s0{s0.mutable_data_ptr<float>(), nullptr, false};
+  const MapSink to_s1{s1.mutable_data_ptr<float>(), nullptr, false};
+  const MapSink to_out{out.mutable_data_ptr<float>(), minmax.mutable_data_ptr<float>(),
+                       quantize && !normalize};
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND3(at::kHalf, at::kBFloat16, at::kByte, src.scalar_type(),
                                   "saliency_map_cuda", [&] {
-    saliency_map_kernel<scalar_t><<<d.B, kThreads, 0, stream>>>(
-        src.const_data_ptr<scalar_t>(), w.numel() ? w.const_data_ptr<float>() : nullptr,
-        t.const_data_ptr<float>(), g.numel() ? g.const_data_ptr<bool>() : nullptr,
-        out.mutable_data_ptr<float>(), flat.mutable_data_ptr<bool>(),
-        s0.mutable_data_ptr<float>(), s1.mutable_data_ptr<float>(), mode, d.C, d.h, d.w, out_h,
-        out_w, t.size(0), src.stride(0), d.sc, si, sj, square, normalize, quantize);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const scalar_t* sp = src.const_data_ptr<scalar_t>();
+    if (!direct) {
+      saliency_source_kernel<scalar_t><<<in_blocks, kThreads, 0, stream>>>(
+          sp, wp, tp, gp, in_place && T_ == 1 ? to_out : to_s0, mode, d.C, d.h, d.w, T_,
+          src.stride(0), d.sc, si, sj, square, quantize);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (T_ > 1) {
+        saliency_blur_kernel<<<in_blocks, kThreads, 0, stream>>>(
+            s0.const_data_ptr<float>(), tp, gp, to_s1, d.h, d.w, T_, /*vertical=*/false,
+            /*square=*/false);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        saliency_blur_kernel<<<in_blocks, kThreads, 0, stream>>>(
+            s1.const_data_ptr<float>(), tp, gp, in_place ? to_out : to_s0, d.h, d.w, T_,
+            /*vertical=*/true, square);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    }
+    if (!in_place) {
+      saliency_output_kernel<scalar_t><<<out_blocks, kThreads, 0, stream>>>(
+          sp, wp, gp, s0.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+          minmax.mutable_data_ptr<float>(), mode, d.C, d.h, d.w, out_h, out_w, src.stride(0),
+          d.sc, si, sj, direct, quantize && !normalize, quantize);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
+  saliency_finish_kernel<<<normalize ? out_blocks : d.B, kThreads, 0, stream>>>(
+      minmax.const_data_ptr<float>(), gp, out.mutable_data_ptr<float>(),
+      flat.mutable_data_ptr<bool>(), n_out, normalize);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {out, flat};
 }
 
@@ -192,9 +313,11 @@ at::Tensor fine_grained_saliency_cuda(const at::Tensor& grey_in, at::IntArrayRef
   check_fine_grained_args(grey_in);
   TORCH_CHECK(grey_in.is_cuda(), "medmix::fine_grained_saliency (CUDA kernel) got a ",
               grey_in.device(), " tensor");
+  TORCH_CHECK(static_cast<int64_t>(scales.size()) <= Scales::kMax,
+              "medmix::fine_grained_saliency: at most ", Scales::kMax, " scales, got ", scales.size());
   const c10::cuda::CUDAGuard guard(grey_in.device());
   const auto grey = grey_in.contiguous();
-  const int64_t B = grey.size(0), H = grey.size(2), W = grey.size(3);
+  const int64_t B = grey.size(0), H = grey.size(2), W = grey.size(3), T = chunk_count(H * W, kChunk);
   // The float64 integral image [B, H + 1, W + 1] as the reference builds it (its bits: the
   // same cumsums, zero-padded at the top and left).
   const auto integral =
@@ -203,14 +326,24 @@ at::Tensor fine_grained_saliency_cuda(const at::Tensor& grey_in, at::IntArrayRef
   auto out = at::empty_like(grey);
   auto on = at::empty({B, H * W}, grey.options().dtype(at::kDouble));
   auto off = at::empty_like(on);
-  TORCH_CHECK(static_cast<int64_t>(scales.size()) <= Scales::kMax,
-              "medmix::fine_grained_saliency: at most ", Scales::kMax, " scales, got ", scales.size());
+  auto on_off_max = at::empty({B, T, 2}, on.options());
+  auto minmax = at::empty({B, T, 2}, grey.options());
   Scales sc{static_cast<int64_t>(scales.size()), {}};
   for (size_t i = 0; i < scales.size(); ++i) sc.v[i] = scales[i];
-  fine_grained_kernel<<<B, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  const int64_t blocks = chunk_grid(B, T, "medmix::fine_grained_saliency");
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  fine_grained_contrast_kernel<<<blocks, kThreads, 0, stream>>>(
       grey.const_data_ptr<float>(), integral.const_data_ptr<double>(), sc,
-      out.mutable_data_ptr<float>(),
-      on.mutable_data_ptr<double>(), off.mutable_data_ptr<double>(), H, W);
+      on.mutable_data_ptr<double>(), off.mutable_data_ptr<double>(),
+      on_off_max.mutable_data_ptr<double>(), H, W);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  fine_grained_intensity_kernel<<<blocks, kThreads, 0, stream>>>(
+      on.const_data_ptr<double>(), off.const_data_ptr<double>(), on_off_max.const_data_ptr<double>(),
+      out.mutable_data_ptr<float>(), minmax.mutable_data_ptr<float>(), H * W);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  saliency_finish_kernel<<<blocks, kThreads, 0, stream>>>(
+      minmax.const_data_ptr<float>(), nullptr, out.mutable_data_ptr<float>(), nullptr, H * W,
+      /*normalize=*/true);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

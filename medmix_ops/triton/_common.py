@@ -80,6 +80,27 @@ def next_pow2(n: int) -> int:
 
 
 @triton.jit
+def sample_chunk(n, CHUNK: tl.constexpr):
+    """This program's chunk of a (sample, CHUNK-pixel chunk) grid over n pixels a sample:
+    (program id = partial index, sample, pixel indices, their mask, chunks a sample)."""
+    pid = tl.program_id(0).to(tl.int64)
+    T = tl.cdiv(n, CHUNK)
+    b = pid // T
+    k = (pid % T) * CHUNK + tl.arange(0, CHUNK)
+    return pid, b, k, k < n, T
+
+
+@triton.jit
+def sample_minmax(minmax_ptr, b, T, BLOCK_T: tl.constexpr):
+    """Sample b's (min, max) from its T chunk partials minmax[b, t, 0 / 1] (BLOCK_T >= T)."""
+    t = tl.arange(0, BLOCK_T)
+    m = t < T
+    lo = tl.min(tl.load(minmax_ptr + (b * T + t) * 2, mask=m, other=float("inf")), axis=0)
+    hi = tl.max(tl.load(minmax_ptr + (b * T + t) * 2 + 1, mask=m, other=float("-inf")), axis=0)
+    return lo, hi
+
+
+@triton.jit
 def is_flat(lo, hi):
     """A map whose range is at most 1e-5 of its magnitude is flat (csrc/common/saliency.h)."""
     mag = tl.maximum(tl.abs(lo), tl.abs(hi))

@@ -16,21 +16,9 @@ BINS = 256
 
 
 @triton.jit
-def _chunk(H, W, CHUNK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    T = tl.cdiv(H * W, CHUNK)
-    bi = pid // T
-    k = (pid % T) * CHUNK + tl.arange(0, CHUNK)
-    return pid, bi, k, k < H * W, T
-
-
-@triton.jit
 def _sample_range(minmax_ptr, bi, T, BLOCK_T: tl.constexpr):
     """(lo, range) of sample bi from its T chunk partials; range 0 when the sample is flat."""
-    t = tl.arange(0, BLOCK_T)
-    m = t < T
-    lo = tl.min(tl.load(minmax_ptr + (bi * T + t) * 2, mask=m, other=float("inf")), axis=0)
-    hi = tl.max(tl.load(minmax_ptr + (bi * T + t) * 2 + 1, mask=m, other=float("-inf")), axis=0)
+    lo, hi = cm.sample_minmax(minmax_ptr, bi, T, BLOCK_T)
     return lo, tl.where(cm.is_flat(lo, hi), 0.0, hi - lo)
 
 
@@ -49,7 +37,7 @@ def _score(x_ptr, h_ptr, bi, y, x, m, C, sx_n, sx_c, sx_h, sx_w, sh_n, sh_c, sh_
 @triton.jit
 def adm_minmax_kernel(x_ptr, h_ptr, out_ptr, C, H, W, sx_n, sx_c, sx_h, sx_w,
                       sh_n, sh_c, sh_h, sh_w, CHUNK: tl.constexpr):
-    pid, bi, k, m, T = _chunk(H, W, CHUNK)
+    pid, bi, k, m, T = cm.sample_chunk(H * W, CHUNK)
     y = k // W
     x = k % W
     lo = tl.full([CHUNK], float("inf"), tl.float32)
@@ -68,7 +56,7 @@ def adm_minmax_kernel(x_ptr, h_ptr, out_ptr, C, H, W, sx_n, sx_c, sx_h, sx_w,
 def adm_apply_kernel(x_ptr, h_ptr, minmax_ptr, thr_ptr, out_ptr, count_ptr, C, H, W,
                      sx_n, sx_c, sx_h, sx_w, sh_n, sh_c, sh_h, sh_w,
                      EMIT_SCORE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr):
-    pid, bi, k, m, T = _chunk(H, W, CHUNK)
+    pid, bi, k, m, T = cm.sample_chunk(H * W, CHUNK)
     lo, rng = _sample_range(minmax_ptr, bi, T, BLOCK_T)
     a = _score(x_ptr, h_ptr, bi, k // W, k % W, m, C, sx_n, sx_c, sx_h, sx_w,
                sh_n, sh_c, sh_h, sh_w, lo, rng)
@@ -85,7 +73,7 @@ def adm_apply_kernel(x_ptr, h_ptr, minmax_ptr, thr_ptr, out_ptr, count_ptr, C, H
 def adm_histogram_kernel(x_ptr, h_ptr, minmax_ptr, hist_ptr, C, H, W,
                          sx_n, sx_c, sx_h, sx_w, sh_n, sh_c, sh_h, sh_w,
                          CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, BINS: tl.constexpr):
-    pid, bi, k, m, T = _chunk(H, W, CHUNK)
+    pid, bi, k, m, T = cm.sample_chunk(H * W, CHUNK)
     lo, rng = _sample_range(minmax_ptr, bi, T, BLOCK_T)
     a = _score(x_ptr, h_ptr, bi, k // W, k % W, m, C, sx_n, sx_c, sx_h, sx_w,
                sh_n, sh_c, sh_h, sh_w, lo, rng)
@@ -100,7 +88,7 @@ def adm_mix_kernel(x_ptr, h_ptr, perm_ptr, minmax_ptr, lam_ptr, src_ptr, ref_ptr
                    mask_ptr, B, C, H, W, sx_n, sx_c, sx_h, sx_w, sh_n, sh_c, sh_h, sh_w,
                    ss_n, ss_c, ss_h, ss_w, sr_n, sr_c, sr_h, sr_w,
                    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, WRITE_MASK: tl.constexpr):
-    pid, bi, k, m, T = _chunk(H, W, CHUNK)
+    pid, bi, k, m, T = cm.sample_chunk(H * W, CHUNK)
     y = k // W
     x = k % W
     # Clamped so that a bad index can never read outside x (the wrapper validates perm).

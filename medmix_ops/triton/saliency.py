@@ -1,6 +1,7 @@
-"""Saliency kernels in Triton: saliency_map and fine_grained_saliency run one program per sample
-(several passes over that sample, through per-sample scratch, separated by barriers);
-spectral_residual_filter is elementwise over the spectrum. Contracts: csrc/ops.cpp."""
+"""Saliency kernels in Triton: saliency_map and fine_grained_saliency are a few launches over a
+(sample, 1024-pixel chunk) grid, through per-sample scratch; per-sample min / max come from
+per-chunk partials reduced by the next launch (no barriers, no atomics, the same result in any
+schedule). spectral_residual_filter is elementwise over the spectrum. Contracts: csrc/ops.cpp."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +11,7 @@ import triton.language as tl
 from ..reference.saliency import integral_image
 from . import _common as cm
 
-BLOCK = 1024  # pixels per step of a per-sample loop
+CHUNK = 1024  # pixels a program per pass: a (sample, chunk) grid fills the GPU at small B
 
 
 @triton.jit
@@ -83,94 +84,120 @@ def _bilinear_source(p0, s_i, s_j, s_c, C, w_ptr, h, w, oy, ox, out_h, out_w, m,
 
 
 @triton.jit
-def saliency_map_kernel(src_ptr, w_ptr, taps_ptr, gate_ptr, out_ptr, flat_ptr, s0_ptr, s1_ptr,
-                        C, h, w, out_h, out_w, T, s_b, s_c, s_i, s_j,
-                        MODE: tl.constexpr, SQUARE: tl.constexpr, NORMALIZE: tl.constexpr,
-                        QUANTIZE: tl.constexpr, RESIZE: tl.constexpr, DIRECT: tl.constexpr,
-                        HAS_GATE: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    hw = h * w
-    n_out = out_h * out_w
-    s0 = s0_ptr + b * hw
-    s1 = s1_ptr + b * hw
-    out = out_ptr + b * n_out
-    p0 = src_ptr + b * s_b
-    wb = w_ptr + b * C
+def _gate_on(gate_ptr, b, HAS_GATE: tl.constexpr):
     if HAS_GATE:
-        gate_on = tl.load(gate_ptr + b) != 0
+        return tl.load(gate_ptr + b) != 0
+    return b >= 0  # always true, but a tensor like the gated case
+
+
+@triton.jit
+def _store_map(dst_ptr, minmax_ptr, pid, b, n, k, m, on, v, TO_OUT: tl.constexpr,
+               ROUND_OUT: tl.constexpr):
+    """Store a map pass's values v at pixels k of sample b. Into scratch (gated-off samples
+    skipped); or, TO_OUT (the last pass of a map kept at its own size), into the output itself,
+    doing the output pass's work: rounded when ROUND_OUT, zeros for a gated-off sample, and the
+    chunk's (min, max) -> minmax [B, T, 2]."""
+    if TO_OUT:
+        v = tl.where(on, v, 0.0)
+        if ROUND_OUT:
+            v = cm.round_half_even(v)
+        tl.store(dst_ptr + b * n + k, v, mask=m)
+        tl.store(minmax_ptr + pid * 2, tl.min(tl.where(m, v, float("inf")), axis=0))
+        tl.store(minmax_ptr + pid * 2 + 1, tl.max(tl.where(m, v, float("-inf")), axis=0))
     else:
-        gate_on = b >= 0  # always true, but a tensor like the gated case
-    if gate_on:
-        if not DIRECT:
-            r = T // 2
-            tap0 = tl.load(taps_ptr)
-            # A0: source values -> s0 (with the single tap, and the square, when T == 1)
-            for start in range(0, hw, BLOCK):
-                k = start + tl.arange(0, BLOCK)
-                m = k < hw
-                v = _source_tap(p0, k // w, k % w, s_i, s_j, s_c, C, wb, m, MODE, QUANTIZE)
-                if T == 1:
-                    v = v * tap0
-                    if SQUARE:
-                        v = v * v
-                tl.store(s0 + k, v, mask=m)
-            tl.debug_barrier()
-            if T > 1:
-                # A1: horizontal taps s0 -> s1; A2: vertical taps s1 -> s0 (squared if asked)
-                for start in range(0, hw, BLOCK):
-                    k = start + tl.arange(0, BLOCK)
-                    m = k < hw
-                    i = k // w
-                    j = k % w
-                    acc = tl.zeros([BLOCK], dtype=tl.float32)
-                    for t in range(T):
-                        jj = cm.reflect_index(j + (t - r), w)
-                        acc += tl.load(taps_ptr + t) * tl.load(s0 + i * w + jj, mask=m, other=0.0)
-                    tl.store(s1 + k, acc, mask=m)
-                tl.debug_barrier()
-                for start in range(0, hw, BLOCK):
-                    k = start + tl.arange(0, BLOCK)
-                    m = k < hw
-                    i = k // w
-                    j = k % w
-                    acc = tl.zeros([BLOCK], dtype=tl.float32)
-                    for t in range(T):
-                        ii = cm.reflect_index(i + (t - r), h)
-                        acc += tl.load(taps_ptr + t) * tl.load(s1 + ii * w + j, mask=m, other=0.0)
-                    if SQUARE:
-                        acc = acc * acc
-                    tl.store(s0 + k, acc, mask=m)
-                tl.debug_barrier()
-        # B: the map at (out_h, out_w) before normalisation, with its min / max
-        lo = tl.full([BLOCK], float("inf"), tl.float32)
-        hi = tl.full([BLOCK], float("-inf"), tl.float32)
-        for start in range(0, n_out, BLOCK):
-            k = start + tl.arange(0, BLOCK)
-            m = k < n_out
-            if DIRECT:
-                v = _bilinear_source(p0, s_i, s_j, s_c, C, wb, h, w, k // out_w, k % out_w,
-                                     out_h, out_w, m, MODE, QUANTIZE)
-            else:
-                v = _sample(s0, h, w, k // out_w, k % out_w, out_h, out_w, m, RESIZE)
-            if QUANTIZE and not NORMALIZE:
-                v = cm.round_half_even(v)
-            tl.store(out + k, v, mask=m)
-            lo = tl.minimum(lo, tl.where(m, v, float("inf")))
-            hi = tl.maximum(hi, tl.where(m, v, float("-inf")))
-        lo_s = tl.min(lo, axis=0)
-        hi_s = tl.max(hi, axis=0)
-        tl.store(flat_ptr + b, cm.is_flat(lo_s, hi_s))
-        if NORMALIZE:
-            tl.debug_barrier()
-            for start in range(0, n_out, BLOCK):
-                k = start + tl.arange(0, BLOCK)
-                m = k < n_out
-                tl.store(out + k, cm.normalize(tl.load(out + k, mask=m, other=0.0), lo_s, hi_s), mask=m)
+        tl.store(dst_ptr + b * n + k, v, mask=m & on)
+
+
+@triton.jit
+def saliency_source_kernel(src_ptr, w_ptr, taps_ptr, gate_ptr, dst_ptr, minmax_ptr, C, h, w, T,
+                           s_b, s_c, s_i, s_j, MODE: tl.constexpr, SQUARE: tl.constexpr,
+                           QUANTIZE: tl.constexpr, HAS_GATE: tl.constexpr, TO_OUT: tl.constexpr,
+                           ROUND_OUT: tl.constexpr, CHUNK: tl.constexpr):
+    """saliency_map, pass 1 (not direct): source values (with the single tap, and the square,
+    when there is no filter)."""
+    pid, b, k, m, _ = cm.sample_chunk(h * w, CHUNK)
+    on = _gate_on(gate_ptr, b, HAS_GATE)
+    v = _source_tap(src_ptr + b * s_b, k // w, k % w, s_i, s_j, s_c, C, w_ptr + b * C, m & on,
+                    MODE, QUANTIZE)
+    if T == 1:
+        v = v * tl.load(taps_ptr)
+        if SQUARE:
+            v = v * v
+    _store_map(dst_ptr, minmax_ptr, pid, b, h * w, k, m, on, v, TO_OUT, ROUND_OUT)
+
+
+@triton.jit
+def saliency_blur_kernel(in_ptr, taps_ptr, gate_ptr, dst_ptr, minmax_ptr, h, w, T,
+                         VERTICAL: tl.constexpr, SQUARE: tl.constexpr, HAS_GATE: tl.constexpr,
+                         TO_OUT: tl.constexpr, ROUND_OUT: tl.constexpr, CHUNK: tl.constexpr):
+    """saliency_map, passes 2 and 3: the taps along rows, or along columns (squared if asked)."""
+    pid, b, k, m, _ = cm.sample_chunk(h * w, CHUNK)
+    on = _gate_on(gate_ptr, b, HAS_GATE)
+    src = in_ptr + b * h * w
+    i = k // w
+    j = k % w
+    r = T // 2
+    acc = tl.zeros([CHUNK], dtype=tl.float32)
+    for t in range(T):
+        if VERTICAL:
+            at = cm.reflect_index(i + (t - r), h) * w + j
+        else:
+            at = i * w + cm.reflect_index(j + (t - r), w)
+        acc += tl.load(taps_ptr + t) * tl.load(src + at, mask=m & on, other=0.0)
+    if SQUARE:
+        acc = acc * acc
+    _store_map(dst_ptr, minmax_ptr, pid, b, h * w, k, m, on, acc, TO_OUT, ROUND_OUT)
+
+
+@triton.jit
+def saliency_output_kernel(src_ptr, w_ptr, gate_ptr, s0_ptr, out_ptr, minmax_ptr, C, h, w,
+                           out_h, out_w, s_b, s_c, s_i, s_j, MODE: tl.constexpr,
+                           QUANTIZE: tl.constexpr, ROUND_OUT: tl.constexpr, RESIZE: tl.constexpr,
+                           DIRECT: tl.constexpr, HAS_GATE: tl.constexpr, CHUNK: tl.constexpr):
+    """saliency_map, output pass: the map at (out_h, out_w) before normalisation (from s0, or
+    from the source itself when DIRECT) and this chunk's (min, max) -> minmax [B, T, 2]."""
+    n_out = out_h * out_w
+    pid, b, k, m, _ = cm.sample_chunk(n_out, CHUNK)
+    if _gate_on(gate_ptr, b, HAS_GATE):
+        oy = k // out_w
+        ox = k % out_w
+        if DIRECT:
+            v = _bilinear_source(src_ptr + b * s_b, s_i, s_j, s_c, C, w_ptr + b * C, h, w, oy, ox,
+                                 out_h, out_w, m, MODE, QUANTIZE)
+        else:
+            v = _sample(s0_ptr + b * h * w, h, w, oy, ox, out_h, out_w, m, RESIZE)
+        if ROUND_OUT:
+            v = cm.round_half_even(v)
     else:
-        tl.store(flat_ptr + b, True)
-        for start in range(0, n_out, BLOCK):
-            k = start + tl.arange(0, BLOCK)
-            tl.store(out + k, tl.zeros([BLOCK], dtype=tl.float32), mask=k < n_out)
+        v = tl.zeros([CHUNK], dtype=tl.float32)  # (its partials are not read: the finish skips it)
+    tl.store(out_ptr + b * n_out + k, v, mask=m)
+    tl.store(minmax_ptr + pid * 2, tl.min(tl.where(m, v, float("inf")), axis=0))
+    tl.store(minmax_ptr + pid * 2 + 1, tl.max(tl.where(m, v, float("-inf")), axis=0))
+
+
+@triton.jit
+def saliency_finish_kernel(minmax_ptr, gate_ptr, out_ptr, flat_ptr, n, NORMALIZE: tl.constexpr,
+                           HAS_GATE: tl.constexpr, HAS_FLAT: tl.constexpr, CHUNK: tl.constexpr,
+                           BLOCK_T: tl.constexpr):
+    """Last pass of saliency_map and fine_grained_saliency: each sample's (min, max) from its
+    chunk partials; flat[b] (HAS_FLAT) and, when NORMALIZE, the normalisation in place. Launched
+    over every chunk when NORMALIZE, else once per sample. A gated-off sample stays zeros, flat."""
+    T = tl.cdiv(n, CHUNK)
+    if NORMALIZE:
+        pid, b, k, m, _ = cm.sample_chunk(n, CHUNK)
+        first = pid % T == 0
+    else:
+        b = tl.program_id(0).to(tl.int64)
+        first = b >= 0
+    lo, hi = cm.sample_minmax(minmax_ptr, b, T, BLOCK_T)
+    on = _gate_on(gate_ptr, b, HAS_GATE)
+    if HAS_FLAT:
+        if first:
+            tl.store(flat_ptr + b, cm.not_(on) | cm.is_flat(lo, hi))
+    if NORMALIZE:
+        if on:
+            out = out_ptr + b * n
+            tl.store(out + k, cm.normalize(tl.load(out + k, mask=m, other=0.0), lo, hi), mask=m)
 
 
 @triton.jit
@@ -212,67 +239,61 @@ def spectral_residual_kernel(spec_ptr, out_ptr, total, h, w, BLOCK: tl.constexpr
 
 
 @triton.jit
-def fine_grained_kernel(grey_ptr, S_ptr, scales_ptr, out_ptr, on_ptr, off_ptr, H, W, NS,
-                        BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    hw = H * W
+def fine_grained_contrast_kernel(grey_ptr, S_ptr, scales_ptr, on_ptr, off_ptr, max_ptr, H, W, NS,
+                                 CHUNK: tl.constexpr):
+    """fine_grained_saliency, pass 1: on / off contrast summed over the scales (float64, like the
+    integral image) and this chunk's (max on, max off) -> max_ptr [B, T, 2]."""
+    pid, b, k, m, _ = cm.sample_chunk(H * W, CHUNK)
     W1 = W + 1
     S = S_ptr + b * (H + 1) * W1
-    on_s = on_ptr + b * hw
-    off_s = off_ptr + b * hw
-    out = out_ptr + b * hw
-    on_max = tl.zeros([BLOCK], dtype=tl.float64)
-    off_max = tl.zeros([BLOCK], dtype=tl.float64)
-    # A: on / off contrast summed over the scales (float64, like the integral image)
-    for start in range(0, hw, BLOCK):
-        k = start + tl.arange(0, BLOCK)
-        m = k < hw
-        y = k // W
-        x = k % W
-        c = tl.load(grey_ptr + b * hw + k, mask=m, other=0.0).to(tl.float64)
-        on = tl.zeros([BLOCK], dtype=tl.float64)
-        off = tl.zeros([BLOCK], dtype=tl.float64)
-        for s in range(NS):
-            n = tl.load(scales_ptr + s).to(tl.int32)
-            y1 = tl.minimum(tl.maximum(y - n + 1, 0), H)
-            y2 = tl.minimum(y + n + 1, H)
-            x1 = tl.minimum(tl.maximum(x - n + 1, 0), W)
-            x2 = tl.minimum(x + n + 1, W)
-            box = (tl.load(S + y2 * W1 + x2, mask=m, other=0.0) + tl.load(S + y1 * W1 + x1, mask=m, other=0.0)
-                   - tl.load(S + y2 * W1 + x1, mask=m, other=0.0) - tl.load(S + y1 * W1 + x2, mask=m, other=0.0))
-            surround = ((x2 - x1) * (y2 - y1) - 1).to(tl.float64)
-            mean = tl.where(surround > 0, (box - c) / tl.where(surround > 0, surround, 1.0), c)
-            on += tl.maximum(c - mean, 0.0)
-            off += tl.maximum(mean - c, 0.0)
-        tl.store(on_s + k, on, mask=m)
-        tl.store(off_s + k, off, mask=m)
-        on_max = tl.maximum(on_max, tl.where(m, on, 0.0))
-        off_max = tl.maximum(off_max, tl.where(m, off, 0.0))
-    tl.debug_barrier()
-    mon = tl.max(on_max, axis=0)
-    moff = tl.max(off_max, axis=0)
-    # B: intensity = on / max(on) + off / max(off), its min / max
-    lo = tl.full([BLOCK], float("inf"), tl.float32)
-    hi = tl.full([BLOCK], float("-inf"), tl.float32)
-    for start in range(0, hw, BLOCK):
-        k = start + tl.arange(0, BLOCK)
-        m = k < hw
-        on = tl.load(on_s + k, mask=m, other=0.0)
-        off = tl.load(off_s + k, mask=m, other=0.0)
-        v = (tl.where(mon > 0, on / tl.where(mon > 0, mon, 1.0), 0.0)
-             + tl.where(moff > 0, off / tl.where(moff > 0, moff, 1.0), 0.0)).to(tl.float32)
-        tl.store(out + k, v, mask=m)
-        lo = tl.minimum(lo, tl.where(m, v, float("inf")))
-        hi = tl.maximum(hi, tl.where(m, v, float("-inf")))
-    tl.debug_barrier()
-    lo_s = tl.min(lo, axis=0)
-    hi_s = tl.max(hi, axis=0)
-    # C: normalise in place
-    for start in range(0, hw, BLOCK):
-        k = start + tl.arange(0, BLOCK)
-        m = k < hw
-        v = tl.load(out + k, mask=m, other=0.0)
-        tl.store(out + k, cm.normalize(v, lo_s, hi_s), mask=m)
+    y = k // W
+    x = k % W
+    c = tl.load(grey_ptr + b * H * W + k, mask=m, other=0.0).to(tl.float64)
+    on = tl.zeros([CHUNK], dtype=tl.float64)
+    off = tl.zeros([CHUNK], dtype=tl.float64)
+    for s in range(NS):
+        n = tl.load(scales_ptr + s).to(tl.int32)
+        y1 = tl.minimum(tl.maximum(y - n + 1, 0), H)
+        y2 = tl.minimum(y + n + 1, H)
+        x1 = tl.minimum(tl.maximum(x - n + 1, 0), W)
+        x2 = tl.minimum(x + n + 1, W)
+        box = (tl.load(S + y2 * W1 + x2, mask=m, other=0.0) + tl.load(S + y1 * W1 + x1, mask=m, other=0.0)
+               - tl.load(S + y2 * W1 + x1, mask=m, other=0.0) - tl.load(S + y1 * W1 + x2, mask=m, other=0.0))
+        surround = ((x2 - x1) * (y2 - y1) - 1).to(tl.float64)
+        mean = tl.where(surround > 0, (box - c) / tl.where(surround > 0, surround, 1.0), c)
+        on += tl.maximum(c - mean, 0.0)
+        off += tl.maximum(mean - c, 0.0)
+    tl.store(on_ptr + b * H * W + k, on, mask=m)
+    tl.store(off_ptr + b * H * W + k, off, mask=m)
+    tl.store(max_ptr + pid * 2, tl.max(tl.where(m, on, 0.0), axis=0))
+    tl.store(max_ptr + pid * 2 + 1, tl.max(tl.where(m, off, 0.0), axis=0))
+
+
+@triton.jit
+def fine_grained_intensity_kernel(on_ptr, off_ptr, max_ptr, out_ptr, minmax_ptr, hw,
+                                  CHUNK: tl.constexpr, BLOCK_T: tl.constexpr):
+    """fine_grained_saliency, pass 2: on / max(on) + off / max(off) -> out and this chunk's
+    (min, max) -> minmax [B, T, 2] (saliency_finish_kernel normalises)."""
+    pid, b, k, m, T = cm.sample_chunk(hw, CHUNK)
+    t = tl.arange(0, BLOCK_T)
+    mt = t < T
+    mon = tl.max(tl.load(max_ptr + (b * T + t) * 2, mask=mt, other=0.0), axis=0)
+    moff = tl.max(tl.load(max_ptr + (b * T + t) * 2 + 1, mask=mt, other=0.0), axis=0)
+    on = tl.load(on_ptr + b * hw + k, mask=m, other=0.0)
+    off = tl.load(off_ptr + b * hw + k, mask=m, other=0.0)
+    v = (tl.where(mon > 0, on / tl.where(mon > 0, mon, 1.0), 0.0)
+         + tl.where(moff > 0, off / tl.where(moff > 0, moff, 1.0), 0.0)).to(tl.float32)
+    tl.store(out_ptr + b * hw + k, v, mask=m)
+    tl.store(minmax_ptr + pid * 2, tl.min(tl.where(m, v, float("inf")), axis=0))
+    tl.store(minmax_ptr + pid * 2 + 1, tl.max(tl.where(m, v, float("-inf")), axis=0))
+
+
+def _finish(minmax, gate, out, flat, n, normalize):
+    B, T = minmax.shape[0], minmax.shape[1]
+    saliency_finish_kernel[(B * T if normalize else B,)](
+        minmax, gate if gate is not None else minmax, out, flat if flat is not None else minmax, n,
+        NORMALIZE=bool(normalize), HAS_GATE=gate is not None, HAS_FLAT=flat is not None,
+        CHUNK=CHUNK, BLOCK_T=cm.next_pow2(T), **cm.LAUNCH_OPTIONS)
 
 
 def saliency_map(src, src_mode, weights, taps, square, out_h, out_w, normalize, quantize, gate):
@@ -283,19 +304,43 @@ def saliency_map(src, src_mode, weights, taps, square, out_h, out_w, normalize, 
     else:
         C, h, w = src.shape[1], src.shape[2], src.shape[3]
         s_b, s_c, s_i, s_j = src.stride()
-    out = torch.empty((B, 1, out_h, out_w), device=src.device, dtype=torch.float32)
-    flat = torch.empty((B,), device=src.device, dtype=torch.bool)
-    direct = taps.numel() == 1 and 4 * out_h * out_w <= h * w  # saliency_direct() in C++
-    s0 = torch.empty((0 if direct else B, h * w), device=src.device, dtype=torch.float32)
-    s1 = torch.empty((B, h * w), device=src.device, dtype=torch.float32) if taps.numel() > 1 else s0
+    dev = src.device
+    T_in, T_out = triton.cdiv(h * w, CHUNK), triton.cdiv(out_h * out_w, CHUNK)
+    out = torch.empty((B, 1, out_h, out_w), device=dev, dtype=torch.float32)
+    flat = torch.empty((B,), device=dev, dtype=torch.bool)
+    minmax = torch.empty((B, T_out, 2), device=dev, dtype=torch.float32)
+    n_taps = taps.numel()
+    direct = n_taps == 1 and 4 * out_h * out_w <= h * w  # saliency_direct() in C++
+    # a map kept at its size: its last pass writes the output itself, no output pass
+    in_place = not direct and (out_h, out_w) == (h, w)
+    s0 = torch.empty((0 if direct or (in_place and n_taps == 1) else B, h * w), device=dev,
+                     dtype=torch.float32)
+    taps = taps.contiguous()
+    weights = weights if weights.numel() else out
     has_gate = gate.numel() > 0
-    saliency_map_kernel[(B,)](
-        src, weights if weights.numel() else out, taps.contiguous(), gate if has_gate else out,
-        out, flat, s0, s1, C, h, w, out_h, out_w, taps.numel(), s_b, s_c, s_i, s_j,
-        MODE=int(src_mode), SQUARE=bool(square), NORMALIZE=bool(normalize), QUANTIZE=bool(quantize),
-        RESIZE=(out_h, out_w) != (h, w), DIRECT=direct, HAS_GATE=has_gate, BLOCK=BLOCK,
-        **cm.LAUNCH_OPTIONS,
-    )
+    gate_arg = gate if has_gate else out
+    round_out = bool(quantize and not normalize)
+    if not direct:
+        last = in_place and n_taps == 1
+        saliency_source_kernel[(B * T_in,)](
+            src, weights, taps, gate_arg, out if last else s0, minmax, C, h, w, n_taps, s_b, s_c,
+            s_i, s_j, MODE=int(src_mode), SQUARE=bool(square), QUANTIZE=bool(quantize),
+            HAS_GATE=has_gate, TO_OUT=last, ROUND_OUT=round_out, CHUNK=CHUNK, **cm.LAUNCH_OPTIONS)
+        if n_taps > 1:
+            s1 = torch.empty((B, h * w), device=dev, dtype=torch.float32)
+            for vertical, a, z in ((False, s0, s1), (True, s1, out if in_place else s0)):
+                saliency_blur_kernel[(B * T_in,)](
+                    a, taps, gate_arg, z, minmax, h, w, n_taps, VERTICAL=vertical,
+                    SQUARE=vertical and bool(square), HAS_GATE=has_gate,
+                    TO_OUT=vertical and in_place, ROUND_OUT=round_out, CHUNK=CHUNK,
+                    **cm.LAUNCH_OPTIONS)
+    if not in_place:
+        saliency_output_kernel[(B * T_out,)](
+            src, weights, gate_arg, s0, out, minmax, C, h, w, out_h, out_w, s_b, s_c, s_i, s_j,
+            MODE=int(src_mode), QUANTIZE=bool(quantize), ROUND_OUT=round_out,
+            RESIZE=(out_h, out_w) != (h, w), DIRECT=direct, HAS_GATE=has_gate, CHUNK=CHUNK,
+            **cm.LAUNCH_OPTIONS)
+    _finish(minmax, gate if has_gate else None, out, flat, out_h * out_w, normalize)
     return out, flat
 
 
@@ -304,7 +349,7 @@ def spectral_residual_filter(spec):
     B, h, w, _ = spec.shape
     out = torch.empty_like(spec)
     total = B * h * w
-    spectral_residual_kernel[(triton.cdiv(total, BLOCK),)](spec, out, total, h, w, BLOCK=BLOCK,
+    spectral_residual_kernel[(triton.cdiv(total, CHUNK),)](spec, out, total, h, w, BLOCK=CHUNK,
                                                           **cm.LAUNCH_OPTIONS)
     return out
 
@@ -312,12 +357,18 @@ def spectral_residual_filter(spec):
 def fine_grained_saliency(grey, scales):
     grey = grey.contiguous()
     B, _, H, W = grey.shape
+    T = triton.cdiv(H * W, CHUNK)
     # the float64 integral image [B, H + 1, W + 1]: the reference's (torch's cumsums, on the device)
     integral = integral_image(grey[:, 0]).contiguous()
     out = torch.empty_like(grey)
     on = torch.empty((B, H * W), device=grey.device, dtype=torch.float64)
     off = torch.empty_like(on)
+    on_off_max = torch.empty((B, T, 2), device=grey.device, dtype=torch.float64)
+    minmax = torch.empty((B, T, 2), device=grey.device, dtype=torch.float32)
     sc = torch.tensor(list(scales), device=grey.device, dtype=torch.int32)
-    fine_grained_kernel[(B,)](grey, integral, sc, out, on, off, H, W, sc.numel(), BLOCK=BLOCK,
-                              **cm.LAUNCH_OPTIONS)
+    fine_grained_contrast_kernel[(B * T,)](grey, integral, sc, on, off, on_off_max, H, W,
+                                           sc.numel(), CHUNK=CHUNK, **cm.LAUNCH_OPTIONS)
+    fine_grained_intensity_kernel[(B * T,)](on, off, on_off_max, out, minmax, H * W, CHUNK=CHUNK,
+                                            BLOCK_T=cm.next_pow2(T), **cm.LAUNCH_OPTIONS)
+    _finish(minmax, None, out, None, H * W, normalize=True)
     return out
