@@ -168,6 +168,30 @@ def test_the_gpu_cases_run_on_the_cpu():
         assert x_mix.shape[1:] == (3, 32, 32) and y_soft.shape[1] == 4, name
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_no_op_builds_host_data_on_its_device(backend, monkeypatch):
+    """The sync check above needs a GPU; this part of it runs here. Each op path (Triton's in
+    the interpreter) must bring host data to the device through _transfer, never as
+    torch.tensor(..., device=x.device): on a GPU that is a blocking host-to-device copy, a host
+    sync (found in the Triton fine_grained path). The factories are wrapped rather than watched
+    with a TorchFunctionMode, which does not reach into custom ops' implementations."""
+    calls = []
+    for name in ("tensor", "as_tensor", "asarray"):
+        def wrapped(*args, _factory=getattr(torch, name), _name=name, **kwargs):
+            if kwargs.get("device") is not None:
+                calls.append(f"torch.{_name}(device={kwargs['device']})")
+            return _factory(*args, **kwargs)
+        monkeypatch.setattr(torch, name, wrapped)
+    for name, call in _op_cases("cpu", backend).items():
+        call()
+        assert calls == [], (name, calls)
+    if backend == "cpu":  # and the policies' own code
+        for name in POLICIES:
+            _policy(name, "cpu")(_batch("cpu"), torch.tensor([0, 1, 2, 3, 0, 1]),
+                                 generator=torch.Generator().manual_seed(0))
+            assert calls == [], (name, calls)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("labels_on", ["cpu", "cuda"])
 @pytest.mark.parametrize("name", list(POLICIES))

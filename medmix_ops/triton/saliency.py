@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._transfer import device_constant
 from ..reference.saliency import integral_image
 from . import _common as cm
 
@@ -365,7 +366,10 @@ def fine_grained_saliency(grey, scales):
     off = torch.empty_like(on)
     on_off_max = torch.empty((B, T, 2), device=grey.device, dtype=torch.float64)
     minmax = torch.empty((B, T, 2), device=grey.device, dtype=torch.float32)
-    sc = torch.tensor(list(scales), device=grey.device, dtype=torch.int32)
+    # on the device once per scale list: a torch.tensor(..., device=cuda) per call is a blocking
+    # host-to-device copy, a host sync on every call
+    sc = device_constant(("fine_grained_scales", tuple(scales)), grey.device,
+                         lambda: torch.tensor(list(scales), dtype=torch.int32))
     fine_grained_contrast_kernel[(B * T,)](grey, integral, sc, on, off, on_off_max, H, W,
                                            sc.numel(), CHUNK=CHUNK, **cm.LAUNCH_OPTIONS)
     fine_grained_intensity_kernel[(B * T,)](on, off, on_off_max, out, minmax, H * W, CHUNK=CHUNK,
