@@ -45,32 +45,17 @@ struct MapSink {
   bool round_out;
 };
 
-// saliency_map, pass 1 (not direct): the source at each pixel, with the single tap (and the
-// square) when there is no filter.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    saliency_source_kernel(const T* __restrict__ src, const float* __restrict__ weights,
-                           const float* __restrict__ taps, const bool* __restrict__ gate,
-                           MapSink sink, int64_t mode, int64_t C, int64_t h, int64_t w,
-                           int64_t T_, int64_t s_b, int64_t s_c, int64_t s_i, int64_t s_j,
-                           bool square, bool quantize) {
+// One map pass over this block's chunk of a sample's h x w map: value(b, i, j) at each pixel
+// of a gated-on sample (0 for a gated-off one, whose scratch is not written), through sink.
+template <typename F>
+__device__ void map_pass(const bool* gate, const MapSink& sink, int64_t h, int64_t w, F value) {
   const Chunk ch = chunk_of(kChunk, chunk_count(h * w, kChunk), h * w);
   const bool on = gate == nullptr || gate[ch.bi];
   if (!on && sink.minmax == nullptr) return;  // uniform over the block
-  const T* p0 = src + ch.bi * s_b;
-  const float* wb = weights != nullptr ? weights + ch.bi * C : nullptr;
   float* dst = sink.dst + ch.bi * h * w;
   float lo = FLT_MAX, hi = -FLT_MAX;
   for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
-    const int64_t i = k / w, j = k % w;
-    float v = 0.f;
-    if (on) {
-      v = quantize_value(saliency_source<T>(mode, p0 + i * s_i + j * s_j, s_c, C, wb), quantize);
-      if (T_ == 1) {
-        v *= taps[0];
-        if (square) v *= v;
-      }
-    }
+    float v = on ? value(ch.bi, k / w, k % w) : 0.f;
     if (sink.minmax != nullptr) {
       v = quantize_value(v, sink.round_out);
       lo = fminf(lo, v);
@@ -81,37 +66,43 @@ __global__ void __launch_bounds__(kThreads)
   if (sink.minmax != nullptr) store_chunk_minmax(sink.minmax, ch.task, lo, hi);
 }
 
+// saliency_map, pass 1 (not direct): the source at each pixel, with the single tap (and the
+// square) when there is no filter.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    saliency_source_kernel(const T* __restrict__ src, const float* __restrict__ weights,
+                           const float* __restrict__ taps, const bool* __restrict__ gate,
+                           MapSink sink, int64_t mode, int64_t C, int64_t h, int64_t w,
+                           int64_t T_, int64_t s_b, int64_t s_c, int64_t s_i, int64_t s_j,
+                           bool square, bool quantize) {
+  map_pass(gate, sink, h, w, [&](int64_t b, int64_t i, int64_t j) {
+    const float* wb = weights != nullptr ? weights + b * C : nullptr;
+    float v = quantize_value(saliency_source<T>(mode, src + b * s_b + i * s_i + j * s_j, s_c, C, wb),
+                             quantize);
+    if (T_ == 1) {
+      v *= taps[0];
+      if (square) v *= v;
+    }
+    return v;
+  });
+}
+
 // saliency_map, passes 2 and 3: the filter's taps along rows or along columns (squared when
 // asked).
 __global__ void __launch_bounds__(kThreads)
     saliency_blur_kernel(const float* __restrict__ in_all, const float* __restrict__ taps,
                          const bool* __restrict__ gate, MapSink sink, int64_t h, int64_t w,
                          int64_t T_, bool vertical, bool square) {
-  const Chunk ch = chunk_of(kChunk, chunk_count(h * w, kChunk), h * w);
-  const bool on = gate == nullptr || gate[ch.bi];
-  if (!on && sink.minmax == nullptr) return;  // uniform over the block
-  const float* in = in_all + ch.bi * h * w;
-  float* dst = sink.dst + ch.bi * h * w;
   const int64_t r = T_ / 2;
-  float lo = FLT_MAX, hi = -FLT_MAX;
-  for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
-    const int64_t i = k / w, j = k % w;
+  map_pass(gate, sink, h, w, [&](int64_t b, int64_t i, int64_t j) {
+    const float* in = in_all + b * h * w;
     float v = 0.f;
-    if (on) {
-      if (vertical)
-        for (int64_t t = 0; t < T_; ++t) v += taps[t] * in[reflect_index(i + t - r, h) * w + j];
-      else
-        for (int64_t t = 0; t < T_; ++t) v += taps[t] * in[i * w + reflect_index(j + t - r, w)];
-      if (square) v *= v;
-    }
-    if (sink.minmax != nullptr) {
-      v = quantize_value(v, sink.round_out);
-      lo = fminf(lo, v);
-      hi = fmaxf(hi, v);
-    }
-    dst[k] = v;
-  }
-  if (sink.minmax != nullptr) store_chunk_minmax(sink.minmax, ch.task, lo, hi);
+    if (vertical)
+      for (int64_t t = 0; t < T_; ++t) v += taps[t] * in[reflect_index(i + t - r, h) * w + j];
+    else
+      for (int64_t t = 0; t < T_; ++t) v += taps[t] * in[i * w + reflect_index(j + t - r, w)];
+    return square ? v * v : v;
+  });
 }
 
 // saliency_map, output pass: the map at (out_h, out_w) before normalisation (bilinear from s0, or
