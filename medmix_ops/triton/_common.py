@@ -91,6 +91,13 @@ def sample_chunk(n, CHUNK: tl.constexpr):
 
 
 @triton.jit
+def store_chunk_minmax(minmax_ptr, pid, v, m):
+    """This chunk's (min, max) of v where m -> minmax[pid, 0 / 1] (read by sample_minmax)."""
+    tl.store(minmax_ptr + pid * 2, tl.min(tl.where(m, v, float("inf")), axis=0))
+    tl.store(minmax_ptr + pid * 2 + 1, tl.max(tl.where(m, v, float("-inf")), axis=0))
+
+
+@triton.jit
 def sample_minmax(minmax_ptr, b, T, BLOCK_T: tl.constexpr):
     """Sample b's (min, max) from its T chunk partials minmax[b, t, 0 / 1] (BLOCK_T >= T)."""
     t = tl.arange(0, BLOCK_T)

@@ -103,8 +103,7 @@ def _store_map(dst_ptr, minmax_ptr, pid, b, n, k, m, on, v, TO_OUT: tl.constexpr
         if ROUND_OUT:
             v = cm.round_half_even(v)
         tl.store(dst_ptr + b * n + k, v, mask=m)
-        tl.store(minmax_ptr + pid * 2, tl.min(tl.where(m, v, float("inf")), axis=0))
-        tl.store(minmax_ptr + pid * 2 + 1, tl.max(tl.where(m, v, float("-inf")), axis=0))
+        cm.store_chunk_minmax(minmax_ptr, pid, v, m)
     else:
         tl.store(dst_ptr + b * n + k, v, mask=m & on)
 
@@ -172,8 +171,7 @@ def saliency_output_kernel(src_ptr, w_ptr, gate_ptr, s0_ptr, out_ptr, minmax_ptr
     else:
         v = tl.zeros([CHUNK], dtype=tl.float32)  # (its partials are not read: the finish skips it)
     tl.store(out_ptr + b * n_out + k, v, mask=m)
-    tl.store(minmax_ptr + pid * 2, tl.min(tl.where(m, v, float("inf")), axis=0))
-    tl.store(minmax_ptr + pid * 2 + 1, tl.max(tl.where(m, v, float("-inf")), axis=0))
+    cm.store_chunk_minmax(minmax_ptr, pid, v, m)
 
 
 @triton.jit
@@ -285,8 +283,7 @@ def fine_grained_intensity_kernel(on_ptr, off_ptr, max_ptr, out_ptr, minmax_ptr,
     v = (tl.where(mon > 0, on / tl.where(mon > 0, mon, 1.0), 0.0)
          + tl.where(moff > 0, off / tl.where(moff > 0, moff, 1.0), 0.0)).to(tl.float32)
     tl.store(out_ptr + b * hw + k, v, mask=m)
-    tl.store(minmax_ptr + pid * 2, tl.min(tl.where(m, v, float("inf")), axis=0))
-    tl.store(minmax_ptr + pid * 2 + 1, tl.max(tl.where(m, v, float("-inf")), axis=0))
+    cm.store_chunk_minmax(minmax_ptr, pid, v, m)
 
 
 def _finish(minmax, gate, out, flat, n, normalize):
