@@ -10,6 +10,15 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+# MEDMIX_TRITON_RACES=1: every interpreted Triton case of the op tests also runs under the race
+# detector of triton_race_check.py (test_triton_races.py runs it on a fixed set in CI).
+TRITON_RACES = os.environ.get("MEDMIX_TRITON_RACES") == "1"
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from triton_interpreter_speedup import install
+
+    install(check_overflow=TRITON_RACES)
+
 # Property-test profiles: CI runs a fixed (derandomized, reproducible) set of examples;
 # MEDMIX_FUZZ=long runs 20 times as many, freshly random each run.
 FUZZ_LONG = os.environ.get("MEDMIX_FUZZ", "").lower() == "long"
@@ -42,11 +51,6 @@ DEVICE_BACKENDS = [
     pytest.param(("cuda", "triton"), id="cuda-triton", marks=needs_gpu),
 ]
 KERNEL_BACKENDS = [p for p in DEVICE_BACKENDS if p.values[0][1] != "reference"]
-
-
-# MEDMIX_TRITON_RACES=1: every interpreted Triton case of the op tests also runs under the race
-# detector of triton_race_check.py (test_triton_races.py runs it on a fixed set in CI).
-TRITON_RACES = os.environ.get("MEDMIX_TRITON_RACES") == "1"
 
 
 def _backend_pair(request):

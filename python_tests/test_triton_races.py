@@ -57,6 +57,15 @@ if _backend.triton_interpreted() and _backend.triton_error() is None:
         else:
             tl.store(out_ptr + k, k.to(tl.float32))
 
+    @triton.jit
+    def _nested_scale(v, k):
+        return v * (k + 1).to(tl.float32)
+
+    @triton.jit
+    def _nested_kernel(x_ptr, out_ptr, N: tl.constexpr):
+        k = tl.arange(0, N)
+        tl.store(out_ptr + k, _nested_scale(tl.load(x_ptr + k), k))
+
 
 def _scratch(case):
     n = 16
@@ -128,3 +137,22 @@ def test_every_triton_kernel_is_race_free():
                              "fine_grained_contrast_kernel", "fine_grained_intensity_kernel",
                              "adm_minmax_kernel", "adm_apply_kernel", "adm_histogram_kernel",
                              "adm_mix_kernel", "patch_pool_kernel", "patch_ratio_kernel"}, check.kernels
+
+
+def test_the_interpreter_speedup_keeps_nested_calls_and_restores_the_language():
+    """conftest installs triton_interpreter_speedup: a nested @triton.jit call inside a launch
+    skips re-patching triton.language and still computes; after the launch the language is
+    back as it was (and a pinned Triton whose interpreter changed layout is noticed here)."""
+    from conftest import TRITON_RACES
+    from triton.runtime import interpreter
+    from triton_interpreter_speedup import install
+
+    assert install(check_overflow=TRITON_RACES), "the interpreter's layout changed: the speed-up is off"
+    arange, load = tl.arange, tl.load
+    x, out = torch.arange(8, dtype=torch.float32), torch.zeros(8)
+    for _ in range(2):
+        _nested_kernel[(1,)](x, out, N=8)
+        assert out.tolist() == [k * (k + 1.0) for k in range(8)]
+        assert tl.arange is arange and tl.load is load
+    # (the overflow check stays on only in the opt-in MEDMIX_TRITON_RACES=1 run)
+    assert interpreter.interpreter_builder.options.sanitize_overflow is TRITON_RACES
