@@ -41,8 +41,9 @@ TORCH_LIBRARY(medmix, m) {
   // Fine-grained saliency of the smoothed grey map [B, 1, H, W], from its float64 integral image
   // (each backend builds its own: one argument that cannot disagree with grey): centre-surround
   // on / off contrast summed over the window half-sizes in scales, on / max(on) + off / max(off),
-  // min-max normalised. float32 [B, 1, H, W].
-  m.def("fine_grained_saliency(Tensor grey, int[] scales) -> Tensor");
+  // min-max normalised. float32 [B, 1, H, W]; samples with gate[b] false (when gate is
+  // non-empty) are all zeros (a flat grey map: its contrast is rounding noise).
+  m.def("fine_grained_saliency(Tensor grey, int[] scales, Tensor gate) -> Tensor");
 
   // ---- patch_ratio_pool (DESIGN.md op 2) ----
   // Average of both [B, 1, H, W] maps per patch (edge patches partial when pad):

@@ -405,7 +405,45 @@ def test_opcheck(kernel_backend):
     spec = torch.randn(2, 8, 8, 2, device=device)
     torch.library.opcheck(ns.spectral_residual_filter.default, (spec,))
     grey = x[:, :1].contiguous()
-    torch.library.opcheck(ns.fine_grained_saliency.default, (grey, [2, 4]))
+    torch.library.opcheck(ns.fine_grained_saliency.default, (grey, [2, 4], gate))
+    torch.library.opcheck(ns.fine_grained_saliency.default,
+                          (grey, [2, 4], torch.empty(0, dtype=torch.bool, device=device)))
+
+
+def test_fine_grained_gate_zeros_its_samples_only(kernel_backend):
+    """The raw op's gate (the public op passes ~flat): gated-off samples are zeros, with NaN in
+    their grey map too (their contrast is never used), and the others keep the bits of the
+    ungated op, over several chunks a sample (the GPU kernels' 1024 / 2048-pixel chunks)."""
+    device, backend = kernel_backend
+    ns = torch.ops.medmix_triton if backend == "triton" else torch.ops.medmix
+    g = torch.Generator().manual_seed(3)
+    grey = torch.rand(4, 1, 45, 61, generator=g).to(device)
+    scales = list(ref.FINE_GRAINED_SCALES)
+    none = torch.empty(0, dtype=torch.bool, device=device)
+    full = ns.fine_grained_saliency(grey, scales, none)
+    gate = torch.tensor([True, False, True, False], device=device)
+    gated = ns.fine_grained_saliency(grey.masked_fill(~gate.view(4, 1, 1, 1), float("nan")), scales, gate)
+    assert torch.equal(gated[gate], full[gate])
+    assert torch.equal(gated[~gate], torch.zeros_like(gated[~gate]))
+    assert torch.equal(ns.fine_grained_saliency(grey, scales, torch.ones(4, dtype=torch.bool, device=device)), full)
+    # a strided gate is read by its elements, not its storage
+    strided = torch.tensor([False, True, False, False, False, True, False, False], device=device)[1::2]
+    assert torch.equal(ns.fine_grained_saliency(grey, scales, strided)[~strided], torch.zeros(2, 1, 45, 61, device=device))
+
+
+@pytest.mark.parametrize("gate, message", [
+    (torch.ones(3, dtype=torch.bool), r"gate must be empty or bool \[B\] = \[2\]"),
+    (torch.ones(2, dtype=torch.uint8), r"gate must be empty or bool"),
+    (torch.ones(2, 1, dtype=torch.bool), r"gate must be empty or bool"),
+])
+def test_raw_saliency_ops_refuse_a_bad_gate(gate, message):
+    ns = torch.ops.medmix
+    grey = torch.rand(2, 1, 9, 11)
+    with pytest.raises(RuntimeError, match=message):
+        ns.fine_grained_saliency(grey, [2, 4], gate)
+    taps = ref.gaussian_taps_sigma(1.0)
+    with pytest.raises(RuntimeError, match=message):
+        ns.saliency_map(grey, 2, torch.empty(0), taps, False, 9, 11, True, False, gate)
 
 
 def test_fine_grained_op_rejects_negative_scales():
@@ -415,7 +453,7 @@ def test_fine_grained_op_rejects_negative_scales():
     ns = torch.ops.medmix
     grey = torch.rand(1, 1, 9, 11)
     with pytest.raises(RuntimeError, match="scales must be in"):
-        ns.fine_grained_saliency(grey, [4, -3])
+        ns.fine_grained_saliency(grey, [4, -3], torch.empty(0, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("method", sal_ops.METHODS)

@@ -8,6 +8,14 @@
 
 namespace medmix {
 
+// gate: empty (no gate) or bool [B] on the input's device (the kernels read it there).
+inline void check_gate(const char* op, const at::Tensor& gate, const at::Tensor& input) {
+  TORCH_CHECK(gate.numel() == 0 || (gate.dim() == 1 && gate.size(0) == input.size(0) &&
+                                    gate.scalar_type() == at::kBool && gate.device() == input.device()),
+              op, ": gate must be empty or bool [B] = [", input.size(0), "] on ", input.device(),
+              ", got ", gate.scalar_type(), " ", gate.sizes(), " on ", gate.device());
+}
+
 struct SaliencyMapDims {
   int64_t B, C, h, w, sc;  // sc: stride between channels (or between re and im)
 };
@@ -38,16 +46,15 @@ inline SaliencyMapDims check_saliency_map_args(const at::Tensor& src, int64_t mo
   }
   TORCH_CHECK(taps.dim() == 1 && taps.size(0) % 2 == 1 && taps.scalar_type() == at::kFloat,
               "medmix::saliency_map: taps must be float32 [odd T], got ", taps.sizes());
-  TORCH_CHECK(gate.numel() == 0 || (gate.dim() == 1 && gate.size(0) == d.B &&
-                                    gate.scalar_type() == at::kBool),
-              "medmix::saliency_map: gate must be empty or bool [B], got ", gate.sizes());
+  check_gate("medmix::saliency_map", gate, src);
   return d;
 }
 
-inline void check_fine_grained_args(const at::Tensor& grey) {
+inline void check_fine_grained_args(const at::Tensor& grey, const at::Tensor& gate) {
   TORCH_CHECK(grey.dim() == 4 && grey.size(1) == 1 && grey.scalar_type() == at::kFloat,
               "medmix::fine_grained_saliency: grey must be float32 [B, 1, H, W], got ",
               grey.scalar_type(), " ", grey.sizes());
+  check_gate("medmix::fine_grained_saliency", gate, grey);
 }
 
 inline void check_spectrum(const at::Tensor& spec) {

@@ -428,9 +428,13 @@ constexpr int64_t kFineGrainedScratchBytes = int64_t(8) << 20;
 // which a per-sample split would leave on one thread), with the per-sample maxima / extrema
 // reduced in between (max and min are exact in any order, so the result does not depend on
 // the split): on / off per pixel, then the combined intensity, then its min-max normalisation.
-at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, at::IntArrayRef scales) {
-  check_fine_grained_args(grey_in);
+// A gated-off sample's rows are zeros from the intensity pass on (its contrast is not computed).
+at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, at::IntArrayRef scales,
+                                     const at::Tensor& gate_in) {
+  check_fine_grained_args(grey_in, gate_in);
   const auto grey = grey_in.contiguous();
+  const auto gate = gate_in.contiguous();
+  const bool* pgate = gate.numel() ? gate.data_ptr<bool>() : nullptr;
   const int64_t B = grey.size(0), H = grey.size(2), W = grey.size(3), HW = H * W;
   auto out = at::empty({B, 1, H, W}, grey.options());
   const float* pg = grey.data_ptr<float>();
@@ -466,6 +470,10 @@ at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, at::IntArrayRef 
     });
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
+        if (pgate != nullptr && !pgate[b0 + row / H]) {
+          row_on_max[row] = row_off_max[row] = 0.0;
+          continue;
+        }
         fine_grained_row(&integral[(row / H) * SS], H, W, row % H, cg + row * W, sc, &on[row * W],
                          &off[row * W]);
         row_on_off_max(&on[row * W], &off[row * W], W, &row_on_max[row], &row_off_max[row]);
@@ -480,6 +488,11 @@ at::Tensor fine_grained_saliency_cpu(const at::Tensor& grey_in, at::IntArrayRef 
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t bi = row / H;
+        if (pgate != nullptr && !pgate[b0 + bi]) {  // zeros: normalize_row keeps a flat 0 map 0
+          std::fill(co + row * W, co + (row + 1) * W, 0.f);
+          row_lo[row] = row_hi[row] = 0.f;
+          continue;
+        }
         combine_on_off(&on[row * W], &off[row * W], on_max[bi], off_max[bi], W, co + row * W,
                        &row_lo[row], &row_hi[row]);
       }

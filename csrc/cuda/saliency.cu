@@ -167,13 +167,15 @@ __global__ void spectral_residual_kernel(const float* __restrict__ spec, float* 
 
 // fine_grained_saliency, pass 1: on / off contrast summed over the scales (float64, like the
 // integral image) -> on / off, and each chunk's (max on, max off) -> on_off_max [B, T, 2].
+// Nothing for a gated-off sample: the intensity pass reads none of it.
 __global__ void __launch_bounds__(kThreads)
     fine_grained_contrast_kernel(const float* __restrict__ grey, const double* __restrict__ integral,
-                                 const Scales scales, double* __restrict__ on_all,
-                                 double* __restrict__ off_all, double* __restrict__ on_off_max,
-                                 int64_t H, int64_t W) {
+                                 const Scales scales, const bool* __restrict__ gate,
+                                 double* __restrict__ on_all, double* __restrict__ off_all,
+                                 double* __restrict__ on_off_max, int64_t H, int64_t W) {
   const int64_t hw = H * W;
   const Chunk ch = chunk_of(kChunk, chunk_count(hw, kChunk), hw);
+  if (gate != nullptr && !gate[ch.bi]) return;  // (uniform over the block: before any barrier)
   const double* S = integral + ch.bi * (H + 1) * (W + 1);
   double on_max = 0, off_max = 0;
   for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) {
@@ -194,19 +196,22 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // fine_grained_saliency, pass 2: on / max(on) + off / max(off) -> out, and each chunk's
-// (min, max) -> minmax [B, T, 2] (saliency_finish_kernel normalises).
+// (min, max) -> minmax [B, T, 2] (saliency_finish_kernel normalises). A gated-off sample
+// (whose contrast pass wrote nothing) gets zeros and partials (0, 0), which the finish keeps.
 __global__ void __launch_bounds__(kThreads)
     fine_grained_intensity_kernel(const double* __restrict__ on, const double* __restrict__ off,
-                                  const double* __restrict__ on_off_max, float* __restrict__ out,
-                                  float* __restrict__ minmax, int64_t hw) {
+                                  const double* __restrict__ on_off_max, const bool* __restrict__ gate,
+                                  float* __restrict__ out, float* __restrict__ minmax, int64_t hw) {
   const int64_t T = chunk_count(hw, kChunk);
   const Chunk ch = chunk_of(kChunk, T, hw);
-  double on_max, off_max;
-  reduce_sample_pairs(on_off_max, T, ch.bi, MaxOp{}, 0.0, MaxOp{}, 0.0, &on_max, &off_max);
+  const bool gated_on = gate == nullptr || gate[ch.bi];
+  double on_max = 0.0, off_max = 0.0;
+  if (gated_on) reduce_sample_pairs(on_off_max, T, ch.bi, MaxOp{}, 0.0, MaxOp{}, 0.0, &on_max, &off_max);
   float lo = FLT_MAX, hi = -FLT_MAX;
   for (int64_t k = ch.bi * hw + ch.k0 + threadIdx.x; k < ch.bi * hw + ch.k1; k += blockDim.x) {
-    const float v = static_cast<float>((on_max > 0 ? on[k] / on_max : 0.0) +
-                                       (off_max > 0 ? off[k] / off_max : 0.0));
+    const float v = !gated_on ? 0.f
+                              : static_cast<float>((on_max > 0 ? on[k] / on_max : 0.0) +
+                                                   (off_max > 0 ? off[k] / off_max : 0.0));
     out[k] = v;
     lo = fminf(lo, v);
     hi = fmaxf(hi, v);
@@ -300,14 +305,16 @@ at::Tensor spectral_residual_filter_cuda(const at::Tensor& spec_in) {
   return out;
 }
 
-at::Tensor fine_grained_saliency_cuda(const at::Tensor& grey_in, at::IntArrayRef scales) {
-  check_fine_grained_args(grey_in);
+at::Tensor fine_grained_saliency_cuda(const at::Tensor& grey_in, at::IntArrayRef scales,
+                                      const at::Tensor& gate_in) {
+  check_fine_grained_args(grey_in, gate_in);
   TORCH_CHECK(grey_in.is_cuda(), "medmix::fine_grained_saliency (CUDA kernel) got a ",
               grey_in.device(), " tensor");
   TORCH_CHECK(static_cast<int64_t>(scales.size()) <= Scales::kMax,
               "medmix::fine_grained_saliency: at most ", Scales::kMax, " scales, got ", scales.size());
   const c10::cuda::CUDAGuard guard(grey_in.device());
-  const auto grey = grey_in.contiguous();
+  const auto grey = grey_in.contiguous(), gate = gate_in.contiguous();
+  const bool* gp = gate.numel() ? gate.const_data_ptr<bool>() : nullptr;
   const int64_t B = grey.size(0), H = grey.size(2), W = grey.size(3), T = chunk_count(H * W, kChunk);
   // The float64 integral image [B, H + 1, W + 1] as the reference builds it (its bits: the
   // same cumsums, zero-padded at the top and left).
@@ -324,16 +331,16 @@ at::Tensor fine_grained_saliency_cuda(const at::Tensor& grey_in, at::IntArrayRef
   const int64_t blocks = chunk_grid(B, T, "medmix::fine_grained_saliency");
   const auto stream = c10::cuda::getCurrentCUDAStream();
   fine_grained_contrast_kernel<<<blocks, kThreads, 0, stream>>>(
-      grey.const_data_ptr<float>(), integral.const_data_ptr<double>(), sc,
+      grey.const_data_ptr<float>(), integral.const_data_ptr<double>(), sc, gp,
       on.mutable_data_ptr<double>(), off.mutable_data_ptr<double>(),
       on_off_max.mutable_data_ptr<double>(), H, W);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   fine_grained_intensity_kernel<<<blocks, kThreads, 0, stream>>>(
       on.const_data_ptr<double>(), off.const_data_ptr<double>(), on_off_max.const_data_ptr<double>(),
-      out.mutable_data_ptr<float>(), minmax.mutable_data_ptr<float>(), H * W);
+      gp, out.mutable_data_ptr<float>(), minmax.mutable_data_ptr<float>(), H * W);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   saliency_finish_kernel<<<blocks, kThreads, 0, stream>>>(
-      minmax.const_data_ptr<float>(), nullptr, out.mutable_data_ptr<float>(), nullptr, H * W,
+      minmax.const_data_ptr<float>(), gp, out.mutable_data_ptr<float>(), nullptr, H * W,
       /*normalize=*/true);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

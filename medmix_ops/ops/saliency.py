@@ -108,14 +108,10 @@ def saliency(x: torch.Tensor, method: str = "fine_grained", *, grads: torch.Tens
         grey, flat = ns.saliency_map(x, SRC_WEIGHTED, _grey_weights(B, C, dev),
                                      device_constant("smooth", dev, _ref.smooth_taps),
                                      False, H, W, False, q, _no_gate(dev))
-        out = ns.fine_grained_saliency(grey, list(_ref.FINE_GRAINED_SCALES))
         # A flat smoothed grey map (rounding-level contrast) gives zeros, as in the reference:
-        # on / max(on) would rescale its rounding noise to full range. On the CPU the pass is
-        # skipped when no sample is flat (a cheap check there); elsewhere it is always made,
-        # as a check would cost a host sync (or a graph break under torch.compile).
-        if dev.type != "cpu" or torch.compiler.is_compiling() or bool(flat.any()):
-            out = out.masked_fill(flat.view(B, 1, 1, 1), 0.0)
-        return out
+        # on / max(on) would rescale its rounding noise to full range. The kernels take it as
+        # a gate (no pass of its own, no host sync to skip one).
+        return ns.fine_grained_saliency(grey, list(_ref.FINE_GRAINED_SCALES), ~flat)
     if method == "gradient":
         mode = SRC_ABS_MAX if reduce == "max" else SRC_ABS_SUM
         taps = device_constant(("gradient_blur", sigma), dev, lambda: _ref.gaussian_taps_sigma(sigma))
@@ -315,10 +311,10 @@ def _spectral_residual_filter_triton(spec: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("medmix_triton::fine_grained_saliency", mutates_args=())
-def _fine_grained_saliency_triton(grey: torch.Tensor, scales: list[int]) -> torch.Tensor:
+def _fine_grained_saliency_triton(grey: torch.Tensor, scales: list[int], gate: torch.Tensor) -> torch.Tensor:
     from ..triton import saliency as tk
 
-    return tk.fine_grained_saliency(grey, scales)
+    return tk.fine_grained_saliency(grey, scales, gate)
 
 
 def _fake_saliency_map(src, src_mode, weights, taps, square, out_h, out_w, normalize, quantize, gate):
@@ -329,4 +325,4 @@ def _fake_saliency_map(src, src_mode, weights, taps, square, out_h, out_w, norma
 
 _backend.register_fake_both("saliency_map", _fake_saliency_map)
 _backend.register_fake_both("spectral_residual_filter", lambda spec: torch.empty_like(spec))
-_backend.register_fake_both("fine_grained_saliency", lambda grey, scales: torch.empty_like(grey))
+_backend.register_fake_both("fine_grained_saliency", lambda grey, scales, gate: torch.empty_like(grey))

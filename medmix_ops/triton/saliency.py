@@ -238,11 +238,13 @@ def spectral_residual_kernel(spec_ptr, out_ptr, total, h, w, BLOCK: tl.constexpr
 
 
 @triton.jit
-def fine_grained_contrast_kernel(grey_ptr, S_ptr, scales_ptr, on_ptr, off_ptr, max_ptr, H, W, NS,
-                                 CHUNK: tl.constexpr):
+def fine_grained_contrast_kernel(grey_ptr, S_ptr, scales_ptr, gate_ptr, on_ptr, off_ptr, max_ptr, H, W,
+                                 NS, HAS_GATE: tl.constexpr, CHUNK: tl.constexpr):
     """fine_grained_saliency, pass 1: on / off contrast summed over the scales (float64, like the
-    integral image) and this chunk's (max on, max off) -> max_ptr [B, T, 2]."""
+    integral image) and this chunk's (max on, max off) -> max_ptr [B, T, 2]. Nothing for a
+    gated-off sample: the intensity pass reads none of it."""
     pid, b, k, m, _ = cm.sample_chunk(H * W, CHUNK)
+    m = m & _gate_on(gate_ptr, b, HAS_GATE)
     W1 = W + 1
     S = S_ptr + b * (H + 1) * W1
     y = k // W
@@ -269,17 +271,20 @@ def fine_grained_contrast_kernel(grey_ptr, S_ptr, scales_ptr, on_ptr, off_ptr, m
 
 
 @triton.jit
-def fine_grained_intensity_kernel(on_ptr, off_ptr, max_ptr, out_ptr, minmax_ptr, hw,
-                                  CHUNK: tl.constexpr, BLOCK_T: tl.constexpr):
+def fine_grained_intensity_kernel(on_ptr, off_ptr, max_ptr, gate_ptr, out_ptr, minmax_ptr, hw,
+                                  HAS_GATE: tl.constexpr, CHUNK: tl.constexpr, BLOCK_T: tl.constexpr):
     """fine_grained_saliency, pass 2: on / max(on) + off / max(off) -> out and this chunk's
-    (min, max) -> minmax [B, T, 2] (saliency_finish_kernel normalises)."""
+    (min, max) -> minmax [B, T, 2] (saliency_finish_kernel normalises). A gated-off sample
+    (whose contrast pass wrote nothing) gets zeros and partials (0, 0), which the finish keeps."""
     pid, b, k, m, T = cm.sample_chunk(hw, CHUNK)
+    gated_on = _gate_on(gate_ptr, b, HAS_GATE)
     t = tl.arange(0, BLOCK_T)
-    mt = t < T
+    mt = (t < T) & gated_on
     mon = tl.max(tl.load(max_ptr + (b * T + t) * 2, mask=mt, other=0.0), axis=0)
     moff = tl.max(tl.load(max_ptr + (b * T + t) * 2 + 1, mask=mt, other=0.0), axis=0)
-    on = tl.load(on_ptr + b * hw + k, mask=m, other=0.0)
-    off = tl.load(off_ptr + b * hw + k, mask=m, other=0.0)
+    # (a gated-off sample: both maxima 0, so v is 0 whatever on / off hold; they are not read)
+    on = tl.load(on_ptr + b * hw + k, mask=m & gated_on, other=0.0)
+    off = tl.load(off_ptr + b * hw + k, mask=m & gated_on, other=0.0)
     v = (tl.where(mon > 0, on / tl.where(mon > 0, mon, 1.0), 0.0)
          + tl.where(moff > 0, off / tl.where(moff > 0, moff, 1.0), 0.0)).to(tl.float32)
     tl.store(out_ptr + b * hw + k, v, mask=m)
@@ -316,7 +321,7 @@ def saliency_map(src, src_mode, weights, taps, square, out_h, out_w, normalize, 
     taps = taps.contiguous()
     weights = weights if weights.numel() else out
     has_gate = gate.numel() > 0
-    gate_arg = gate if has_gate else out
+    gate_arg = gate.contiguous() if has_gate else out
     round_out = bool(quantize and not normalize)
     if not direct:
         last = in_place and n_taps == 1
@@ -338,7 +343,7 @@ def saliency_map(src, src_mode, weights, taps, square, out_h, out_w, normalize, 
             MODE=int(src_mode), QUANTIZE=bool(quantize), ROUND_OUT=round_out,
             RESIZE=(out_h, out_w) != (h, w), DIRECT=direct, HAS_GATE=has_gate, CHUNK=CHUNK,
             **cm.LAUNCH_OPTIONS)
-    _finish(minmax, gate if has_gate else None, out, flat, out_h * out_w, normalize)
+    _finish(minmax, gate_arg if has_gate else None, out, flat, out_h * out_w, normalize)
     return out, flat
 
 
@@ -352,8 +357,10 @@ def spectral_residual_filter(spec):
     return out
 
 
-def fine_grained_saliency(grey, scales):
+def fine_grained_saliency(grey, scales, gate):
     grey = grey.contiguous()
+    has_gate = gate.numel() > 0
+    gate = gate.contiguous() if has_gate else None
     B, _, H, W = grey.shape
     T = triton.cdiv(H * W, CHUNK)
     # the float64 integral image [B, H + 1, W + 1]: the reference's (torch's cumsums, on the device)
@@ -367,9 +374,12 @@ def fine_grained_saliency(grey, scales):
     # host-to-device copy, a host sync on every call
     sc = device_constant(("fine_grained_scales", tuple(scales)), grey.device,
                          lambda: torch.tensor(list(scales), dtype=torch.int32))
-    fine_grained_contrast_kernel[(B * T,)](grey, integral, sc, on, off, on_off_max, H, W,
-                                           sc.numel(), CHUNK=CHUNK, **cm.LAUNCH_OPTIONS)
-    fine_grained_intensity_kernel[(B * T,)](on, off, on_off_max, out, minmax, H * W, CHUNK=CHUNK,
+    gate_arg = gate if has_gate else out
+    fine_grained_contrast_kernel[(B * T,)](grey, integral, sc, gate_arg, on, off, on_off_max, H, W,
+                                           sc.numel(), HAS_GATE=has_gate, CHUNK=CHUNK,
+                                           **cm.LAUNCH_OPTIONS)
+    fine_grained_intensity_kernel[(B * T,)](on, off, on_off_max, gate_arg, out, minmax, H * W,
+                                            HAS_GATE=has_gate, CHUNK=CHUNK,
                                             BLOCK_T=cm.next_pow2(T), **cm.LAUNCH_OPTIONS)
-    _finish(minmax, None, out, None, H * W, normalize=True)
+    _finish(minmax, gate, out, None, H * W, normalize=True)
     return out
