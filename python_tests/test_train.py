@@ -249,7 +249,11 @@ def _torchrun_two_ranks(port: int, out, command: str, *args: str) -> dict:
     """Runs `medmix <command> ... --device cpu --out out` on 2 gloo ranks; returns the checkpoint."""
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(port), "-m", "medmix_ops.cli", command,
            *args, "--device", "cpu", "--out", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # torchrun's agent makes a torchelastic_* directory under the temp dir and leaves it there:
+    # TMPDIR keeps it inside pytest's tmp_path, not in /tmp after every run of the suite
+    tmp = out / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp)})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     return torch.load(out / "checkpoint.pt", weights_only=True)
 
