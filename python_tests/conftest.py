@@ -14,14 +14,16 @@ HAS_CUDA = torch.cuda.is_available()
 # detector of triton_race_check.py (test_triton_races.py runs it on a fixed set in CI).
 TRITON_RACES = os.environ.get("MEDMIX_TRITON_RACES") == "1"
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    from triton_interpreter_speedup import install
-
-    install(check_overflow=TRITON_RACES)
-
 # Property-test profiles: CI runs a fixed (derandomized, reproducible) set of examples;
 # MEDMIX_FUZZ=long runs 20 times as many, freshly random each run.
 FUZZ_LONG = os.environ.get("MEDMIX_FUZZ", "").lower() == "long"
+
+# The thorough runs (races, long fuzz) keep the interpreter's int32 overflow check on.
+CHECK_OVERFLOW = TRITON_RACES or FUZZ_LONG
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from triton_interpreter_speedup import install
+
+    install(check_overflow=CHECK_OVERFLOW)
 
 
 def fuzz(n: int):

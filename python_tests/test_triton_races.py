@@ -143,16 +143,16 @@ def test_the_interpreter_speedup_keeps_nested_calls_and_restores_the_language():
     """conftest installs triton_interpreter_speedup: a nested @triton.jit call inside a launch
     skips re-patching triton.language and still computes; after the launch the language is
     back as it was (and a pinned Triton whose interpreter changed layout is noticed here)."""
-    from conftest import TRITON_RACES
+    from conftest import CHECK_OVERFLOW
     from triton.runtime import interpreter
     from triton_interpreter_speedup import install
 
-    assert install(check_overflow=TRITON_RACES), "the interpreter's layout changed: the speed-up is off"
+    assert install(check_overflow=CHECK_OVERFLOW), "the interpreter's layout changed: the speed-up is off"
     arange, load = tl.arange, tl.load
     x, out = torch.arange(8, dtype=torch.float32), torch.zeros(8)
     for _ in range(2):
         _nested_kernel[(1,)](x, out, N=8)
         assert out.tolist() == [k * (k + 1.0) for k in range(8)]
         assert tl.arange is arange and tl.load is load
-    # (the overflow check stays on only in the opt-in MEDMIX_TRITON_RACES=1 run)
-    assert interpreter.interpreter_builder.options.sanitize_overflow is TRITON_RACES
+    # (the overflow check stays on only in the opt-in thorough runs)
+    assert interpreter.interpreter_builder.options.sanitize_overflow is CHECK_OVERFLOW

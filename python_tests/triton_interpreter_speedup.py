@@ -7,9 +7,9 @@ tests about twice as fast without changing what any kernel computes:
   call whose language modules are patched already skips it.
 - The interpreter checks every 32-bit integer add, sub and mul for overflow (the compiled
   kernels check only with debug=True). At the test shapes no index comes near 2**31, so the
-  check costs about a third of the time and cannot fire on index arithmetic. It stays on under
-  MEDMIX_TRITON_RACES=1 (`make test-triton-races`), the opt-in run that checks every
-  interpreted case in depth.
+  check costs about a third of the time and cannot fire on index arithmetic. It stays on in
+  the opt-in thorough runs: MEDMIX_TRITON_RACES=1 (`make test-triton-races`) and
+  MEDMIX_FUZZ=long.
 
 Both reach into triton.runtime.interpreter; on a Triton whose interpreter is laid out
 differently, `install` changes nothing (the tests only run slower).
