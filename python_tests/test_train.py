@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -245,8 +246,17 @@ def test_compare_writes_a_table(tmp_path, capsys):
     assert "tail recall" in capsys.readouterr().out
 
 
-def _torchrun_two_ranks(port: int, out, command: str, *args: str) -> dict:
+def _free_port() -> int:
+    """A port nothing listens on now (the OS picks it), rather than a fixed one another process
+    (or a second run of the suite) may hold."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun_two_ranks(out, command: str, *args: str) -> dict:
     """Runs `medmix <command> ... --device cpu --out out` on 2 gloo ranks; returns the checkpoint."""
+    port = _free_port()
     cmd = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(port), "-m", "medmix_ops.cli", command,
            *args, "--device", "cpu", "--out", str(out)]
     # torchrun's agent makes a torchelastic_* directory under the temp dir and leaves it there:
@@ -260,7 +270,7 @@ def _torchrun_two_ranks(port: int, out, command: str, *args: str) -> dict:
 
 @needs_torchrun
 def test_torchrun_ddp_on_cpu(tmp_path):
-    ck = _torchrun_two_ranks(29517, tmp_path, "train-classifier", "--steps", "4", "--img-size", "32",
+    ck = _torchrun_two_ranks(tmp_path, "train-classifier", "--steps", "4", "--img-size", "32",
                              "--batch-size", "4", "--n-train", "32", "--n-test", "16", "--ckpt-every", "2",
                              "--policy", "mixup")
     assert ck["step"] == 4 and len(ck["rng"]) == 2  # both ranks' RNG states, one checkpoint
@@ -272,7 +282,7 @@ def test_torchrun_ddp_on_cpu(tmp_path):
 def test_torchrun_generator_replicas_stay_in_step(tmp_path):
     """The i2i GAN under torchrun: gradients averaged over ranks (an optimizer hook, since DDP
     cannot do R1's double backward); the run checks every rank ends with the same weights."""
-    ck = _torchrun_two_ranks(29518, tmp_path, "train-generator", "--kind", "i2i", "--steps", "3", "--img-size", "32",
+    ck = _torchrun_two_ranks(tmp_path, "train-generator", "--kind", "i2i", "--steps", "3", "--img-size", "32",
                              "--batch-size", "4", "--n-train", "16", "--width", "8", "--ckpt-every", "2")
     assert ck["step"] == 3 and len(ck["rng"]) == 2
 
