@@ -109,17 +109,20 @@ def spectral_residual(x: torch.Tensor) -> torch.Tensor:
     return torch.where(constant[:, None, None], torch.zeros_like(out), out)[:, None]
 
 
-def spectral_residual_map(x: torch.Tensor):
-    """The map before min-max normalisation [B, H, W] and which samples are constant [B]."""
-    mag, constant = spectral_residual_working_map(x)
+def spectral_residual_map(x: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """The map before min-max normalisation [B, H, W] and which samples are constant [B]
+    (dtype: as spectral_residual_working_map)."""
+    mag, constant = spectral_residual_working_map(x, dtype)
     return resize_bilinear(mag, tuple(x.shape[-2:])), constant
 
 
-def spectral_residual_working_map(x: torch.Tensor):
+def spectral_residual_working_map(x: torch.Tensor, dtype: torch.dtype = torch.float32):
     """The smoothed, squared map on the 64 x 64 working grid [B, 64, 64], before the resize
-    back, and which samples are constant [B]."""
+    back, and which samples are constant [B]. dtype: what the steps after the float32 grey
+    image compute in; float64 gives the tests a yardstick for the float32 result's own
+    rounding error, which some spectra amplify (see the saliency property test)."""
     q = x.dtype == torch.uint8
-    g = _round_if(to_grey(x), q)
+    g = _round_if(to_grey(x).to(dtype), q)
     small = _round_if(resize_bilinear(g, (SPECTRAL_SIZE, SPECTRAL_SIZE)), q)
     # a flat working grid (a constant image) gives zeros, not the spectrum of rounding noise
     constant = is_flat(small.amin(dim=(1, 2)), small.amax(dim=(1, 2)))
