@@ -90,6 +90,31 @@ def test_gaussian_blend_properties(device_backend):
 
 # ---- saliency ------------------------------------------------------------------------------------
 
+def spectral_residual_sensitivity(x: torch.Tensor) -> torch.Tensor:
+    """Per sample, how far float32-level rounding of the 64 x 64 working grid moves the
+    normalised spectral residual map: the largest change of the float64 map over three random
+    relative perturbations of 2^-23 of the grid. A small image upsampled to the grid leaves
+    most of its spectrum at rounding level, and exp(residual) lifts those frequencies toward
+    their neighbours' strength, so on some images the kernels' and the reference's float32
+    grids (a few ulps apart) give maps 1e-4 to 3e-3 apart however well conditioned the map's
+    range is: an 8 x 8 bf16 image (0.0025) and a 36 x 36 float32 one (3e-4 at magnitude /
+    range 1.2), both found by MEDMIX_FUZZ=long. The kernels are held to that on top."""
+    small = ref.spectral_residual_grid(x, torch.float64)
+
+    def normalised(grid):
+        mag, constant = ref.spectral_residual_of_grid(grid)
+        m = ref.normalize_min_max(ref.resize_bilinear(mag, tuple(x.shape[-2:])))
+        return torch.where(constant[:, None, None], 0.0, m)
+
+    exact = normalised(small)
+    g = torch.Generator().manual_seed(0)
+    worst = torch.zeros(x.shape[0], dtype=torch.float64)
+    for _ in range(3):
+        noise = (torch.rand(small.shape, generator=g, dtype=torch.float64) * 2 - 1) * 2.0 ** -23
+        worst = torch.maximum(worst, (normalised(small * (1 + noise)) - exact).abs().amax(dim=(1, 2)))
+    return worst
+
+
 @pytest.mark.parametrize("device_backend", KERNEL_BACKENDS, indirect=True)
 def test_image_saliency_properties(device_backend):
     device, backend = device_backend
@@ -132,24 +157,16 @@ def test_image_saliency_properties(device_backend):
             g = ref.fine_grained_grey(x)
             g_lo, g_hi = g.amin(dim=(1, 2)), g.amax(dim=(1, 2))
             cond = torch.maximum(cond, torch.maximum(g_lo.abs(), g_hi.abs()) / (g_hi - g_lo).clamp_min(1e-30))
-        ref_error = torch.zeros(shape[0], dtype=torch.float64)
+        sensitivity = torch.zeros(shape[0], dtype=torch.float64)
         if method == "spectral_residual":
-            # The float32 reference's own distance from the same steps in float64. A small image
-            # upsampled to the 64 x 64 grid leaves most of its spectrum at rounding level, and
-            # exp(residual) lifts those frequencies toward their neighbours' strength: an 8 x 8
-            # bf16 image put both the reference and the CPU kernel 0.002 away from float64
-            # (found by MEDMIX_FUZZ=long), above the magnitude model below. A kernel is held
-            # to what float32 can decide there: within twice the reference's error of it.
-            m64, flat64 = ref.spectral_residual_map(x, torch.float64)
-            truth = torch.where(flat64[:, None, None], 0.0, ref.normalize_min_max(m64))
-            ref_error = (want[:, 0].double() - truth).abs().amax(dim=(1, 2))
+            sensitivity = spectral_residual_sensitivity(x)
         for i in range(shape[0]):
             if cond[i] <= 1e3:
                 # spectral residual: the map is |ifft(exp(residual) phase)|^2 and the residual's
                 # float32 error (~1e-6 of |log amplitude| <= ~20) doubles through exp and the
                 # square: ~5e-5 of the map's magnitude. fine grained: sums of box means, ~2e-6.
                 per_cond = 1e-4 if method == "spectral_residual" else 2e-6
-                tol = 3e-5 + per_cond * float(cond[i]) + 2 * float(ref_error[i])
+                tol = 3e-5 + per_cond * float(cond[i]) + 3 * float(sensitivity[i])
                 assert_close(got[i], want[i].numpy(), tol, 0, f"{method} sample {i}")
             else:
                 note(f"sample {i}: nearly flat map (magnitude / range = {float(cond[i]):.3g})")

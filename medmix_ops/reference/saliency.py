@@ -109,21 +109,29 @@ def spectral_residual(x: torch.Tensor) -> torch.Tensor:
     return torch.where(constant[:, None, None], torch.zeros_like(out), out)[:, None]
 
 
-def spectral_residual_map(x: torch.Tensor, dtype: torch.dtype = torch.float32):
-    """The map before min-max normalisation [B, H, W] and which samples are constant [B]
-    (dtype: as spectral_residual_working_map)."""
-    mag, constant = spectral_residual_working_map(x, dtype)
+def spectral_residual_map(x: torch.Tensor):
+    """The map before min-max normalisation [B, H, W] and which samples are constant [B]."""
+    mag, constant = spectral_residual_working_map(x)
     return resize_bilinear(mag, tuple(x.shape[-2:])), constant
 
 
-def spectral_residual_working_map(x: torch.Tensor, dtype: torch.dtype = torch.float32):
+def spectral_residual_working_map(x: torch.Tensor):
     """The smoothed, squared map on the 64 x 64 working grid [B, 64, 64], before the resize
-    back, and which samples are constant [B]. dtype: what the steps after the float32 grey
-    image compute in; float64 gives the tests a yardstick for the float32 result's own
-    rounding error, which some spectra amplify (see the saliency property test)."""
+    back, and which samples are constant [B]."""
+    return spectral_residual_of_grid(spectral_residual_grid(x))
+
+
+def spectral_residual_grid(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The grey image resized to the 64 x 64 working grid [B, 64, 64]. dtype: what the resize
+    computes in after the float32 grey image; float64 gives the tests an exact yardstick for
+    the float32 grid's rounding, which some spectra amplify (see the saliency property test)."""
     q = x.dtype == torch.uint8
     g = _round_if(to_grey(x).to(dtype), q)
-    small = _round_if(resize_bilinear(g, (SPECTRAL_SIZE, SPECTRAL_SIZE)), q)
+    return _round_if(resize_bilinear(g, (SPECTRAL_SIZE, SPECTRAL_SIZE)), q)
+
+
+def spectral_residual_of_grid(small: torch.Tensor):
+    """spectral_residual_working_map from the working grid [B, 64, 64], in its dtype."""
     # a flat working grid (a constant image) gives zeros, not the spectrum of rounding noise
     constant = is_flat(small.amin(dim=(1, 2)), small.amax(dim=(1, 2)))
     spec = torch.fft.fft2(small)
