@@ -60,6 +60,26 @@ def test_matches_numpy_definition(device_backend, shape, patch, pad, alpha):
     assert np.array_equal(pix.cpu().numpy(), up)
 
 
+def test_pixel_map_buffers_are_reused_only_once_dropped(recycle_all):
+    # (every CPU pixel map recycled here; the real threshold is 4 MB)
+    g = torch.Generator().manual_seed(3)
+    s1, s2 = torch.rand(2, 1, 37, 53, generator=g), torch.rand(2, 1, 37, 53, generator=g)
+
+    def pixel_map(s):
+        return patch_ratio_pool(s, s.flip(0), 8, pad=True, expand=True, backend="cpu")[2]
+
+    pix1 = pixel_map(s1)
+    want1 = pix1.clone()
+    pix2 = pixel_map(s2)  # pix1 is held: a second buffer
+    want2 = pix2.clone()
+    assert pix2.data_ptr() != pix1.data_ptr() and torch.equal(pix1, want1)
+    ptr1 = pix1.data_ptr()
+    del pix1
+    again = pixel_map(s1)  # pix1's dropped buffer is taken again; pix2's is not touched
+    assert again.data_ptr() == ptr1 and torch.equal(again, want1) and torch.equal(pix2, want2)
+    assert {b.data_ptr() for b in recycle_all._recycled.slots} == {ptr1, pix2.data_ptr()}
+
+
 def test_constant_maps_have_no_nan(device_backend):
     device, backend = device_backend
     s = torch.full((2, 1, 16, 16), 0.3, device=device)

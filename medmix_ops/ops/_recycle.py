@@ -1,5 +1,5 @@
 """Large fresh CPU outputs, recycled (adm_mix's [2B] batch, gaussian_blend's and so every
-blend-based policy's [B] batch).
+blend-based policy's [B] batch, patch_ratio_pool's expanded pixel map).
 
 glibc serves blocks of 32 MB and more with new mappings (its mmap threshold adapts up to that
 size only) and unmaps them on free, so a fresh output that large - 32 x 3 x 224^2 float32 in
@@ -92,6 +92,6 @@ def output_format(t: torch.Tensor) -> torch.memory_format:
 
 
 def clear_output_cache() -> None:
-    """Drops the large CPU outputs that adm_mix and gaussian_blend (and the policies built on
-    them) keep for reuse in this thread."""
+    """Drops the large CPU outputs that adm_mix, gaussian_blend and patch_ratio_pool's pixel
+    map (and the policies built on them) keep for reuse in this thread."""
     _recycled.slots = []
