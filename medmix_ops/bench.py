@@ -557,8 +557,8 @@ def run(device: str = "cpu", quick: bool = False, names=GROUPS, e2e: bool = True
     budget, reps = (0.3, 20) if quick else (1.0, 100)
     result = dict(device=_device_name(device), device_kind=device, date=datetime.date.today().isoformat(),
                   commit=_commit(), torch=torch.__version__, triton=_triton_version(),
-                  cpu_threads=torch.get_num_threads(), host=platform.node(), quick=quick,
-                  copy_bandwidth_gbps=bw, groups=[])
+                  cpu_threads=torch.get_num_threads(), host=platform.node(), processor=_processor(device),
+                  quick=quick, copy_bandwidth_gbps=bw, groups=[])
     groups = build_groups(device, quick, names)
     for grp in tqdm(groups, desc="medmix bench", disable=not progress):
         rows = []
@@ -595,7 +595,7 @@ def run(device: str = "cpu", quick: bool = False, names=GROUPS, e2e: bool = True
 
 
 def format_table(result: dict) -> str:
-    lines = [f"device: {result['device']} | torch {result['torch']} | triton {result['triton']} | "
+    lines = [f"device: {result['device']} ({result.get('processor', '?')}) | torch {result['torch']} | triton {result['triton']} | "
              f"commit {result['commit'][:10]} | copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s"]
     for grp in result["groups"]:
         lines += ["", f"{grp['name']}  [{grp['config']}]"]
@@ -715,6 +715,22 @@ def _device_name(device: str) -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
+def _processor(device: str) -> str:
+    """What ran the numbers: the GPU's name, or the CPU model from /proc/cpuinfo. A VM's CPU
+    can change between sessions under the same host name (Intel to AMD EPYC here, which moved
+    the memory-bound ops by 1.5x), so runs are only comparable with the same processor."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def _commit() -> str:
     """HEAD (``-dirty`` with uncommitted changes); MEDMIX_COMMIT overrides it for a copy of the
     tree without .git (the GPU machine's)."""
@@ -741,7 +757,7 @@ def _triton_version():
 def summary_markdown(result: dict) -> str:
     """One Markdown row per group: the fastest medmix provider and its speed-up over each
     baseline (the README's Performance table is rendered from the committed JSON by this)."""
-    lines = [f"Device: {result['device']}; torch {result['torch']}, triton {result['triton']}; commit "
+    lines = [f"Device: {result['device']} ({result.get('processor', '?')}); torch {result['torch']}, triton {result['triton']}; commit "
              f"{result['commit'][:10]}; {result['date']}; copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s.",
              "", "| group | config | medmix ms | GB/s (% copy) | speed-up vs baselines |",
              "| --- | --- | ---: | ---: | --- |"]

@@ -10,6 +10,9 @@ from medmix_ops import bench, cli
 def test_bench_rows_and_speedups(tmp_path):
     result = bench.run("cpu", quick=True, names=("adm_mix", "policy_varimix"), e2e=False, progress=False)
     assert result["copy_bandwidth_gbps"] > 0 and result["device"].startswith("cpu")
+    # the processor that ran them (a VM's CPU model can change under the same host name)
+    assert result["processor"] and result["processor"] != "unknown"
+    assert f"({result['processor']})" in bench.format_table(result).splitlines()[0]
     groups = {g["name"]: g for g in result["groups"]}
     assert set(groups) == {"adm_mix", "policy_varimix"}
     rows = {r["provider"]: r for r in groups["adm_mix"]["rows"]}
