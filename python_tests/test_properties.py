@@ -225,9 +225,13 @@ def test_patch_ratio_pool_properties(device_backend):
         g = torch.Generator().manual_seed(seed)
         s_a = torch.full((B, 1, H, W), 0.3) if constant else torch.rand(B, 1, H, W, generator=g)
         s_b = torch.rand(B, 1, H, W, generator=g)
-        r, mean = patch_ratio_pool(*on(device, s_a, s_b), patch, alpha, pad=pad, backend=backend)
+        r, mean, pix = patch_ratio_pool(*on(device, s_a, s_b), patch, alpha, pad=pad, expand=True,
+                                        backend=backend)
         r_ref, mean_ref = patch_ratio_pool(s_a, s_b, patch, alpha, pad=pad, backend="reference")
         assert r.shape == (B, -(-H // patch), -(-W // patch))
+        # the pixel map is exactly the nearest upsampling of the op's own ratios, cropped
+        up = r.cpu().repeat_interleave(patch, dim=1).repeat_interleave(patch, dim=2)[:, None, :H, :W]
+        assert pix.shape == (B, 1, H, W) and torch.equal(pix.cpu(), up)
         # Patch means are float32 sums of patch^2 values (rounding grows ~ eps sqrt(n)); min-max
         # normalisation then divides by the range of the means (cond = magnitude / range).
         def cond(s):
