@@ -2,6 +2,7 @@
 checks of the gradient / Grad-CAM definitions, saliency_from_model on timm models, integration
 with torch.library, determinism and bad input."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -131,6 +132,47 @@ def test_image_methods_match_reference(kernel_backend, method, shape, dtype, cha
     want = saliency(x.cpu(), method, backend="reference")
     assert got.shape == (shape[0], 1, shape[2], shape[3]) and got.dtype == torch.float32
     assert_close(got, want.numpy(), 3e-5, 0, method)
+
+
+def axis_constant_images():
+    """Images constant along their rows or columns (one pixel wide or tall too), uint8 [1, 1, H,
+    W]: all but one row or column of their spectrum is zero, or the FFT's rounding noise."""
+    rng = np.random.default_rng(3)
+    col, row = (rng.random((60, 1)) * 255).astype(np.uint8), (rng.random((1, 70)) * 255).astype(np.uint8)
+    ims = {"37x1": (rng.random((37, 1)) * 255).astype(np.uint8),
+           "1x53": (rng.random((1, 53)) * 255).astype(np.uint8),
+           "rows 60x50": col.repeat(50, 1), "columns 48x70": row.repeat(48, 0)}
+    return {k: torch.from_numpy(v)[None, None].contiguous() for k, v in ims.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32], ids=["uint8", "float32"])
+def test_spectral_residual_of_axis_constant_images(kernel_backend, dtype):
+    # Their spectra's zeros (or noise) are floored at 1e-6 of the largest amplitude, with phase
+    # 0: every backend gives the same map. Under the old absolute 1e-30 floor the uint8 maps
+    # were all zeros (exp() overflowed), the float32 ones differed by up to 1.0 across backends
+    # (noise decided them), and the interpreted Triton kernel warned of overflow.
+    device, backend = kernel_backend
+    for name, x in axis_constant_images().items():
+        x = x if dtype == torch.uint8 else x.float() / 255
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            got = saliency(x.to(device), "spectral_residual", backend=backend)
+        want = saliency(x, "spectral_residual", backend="reference")
+        assert torch.isfinite(got).all() and got.amax().item() == pytest.approx(1.0), name
+        assert_close(got, want.numpy(), 3e-5, 0, f"{name} {dtype}")
+
+
+def test_spectral_residual_of_axis_constant_images_correlates_with_opencv():
+    cv2 = pytest.importorskip("cv2")
+    if not hasattr(cv2, "saliency"):
+        pytest.skip("opencv-contrib (cv2.saliency) is not installed")
+    for name, x in axis_constant_images().items():
+        ok, theirs = cv2.saliency.StaticSaliencySpectralResidual_create().computeSaliency(x[0, 0].numpy())
+        assert ok
+        for xx in (x, x.float() / 255):
+            ours = saliency(xx, "spectral_residual", backend="reference")[0, 0].numpy()
+            r = pearson(ours, np.asarray(theirs).reshape(ours.shape))
+            assert r >= 0.999, f"{name} {xx.dtype}: Pearson {r:.5f}"
 
 
 @pytest.mark.parametrize("reduce,sigma", [("max", 3.0), ("sum", 0.0), ("max", 0.7), ("sum", 12.0)])

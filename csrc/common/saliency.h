@@ -115,10 +115,28 @@ MEDMIX_HOST_DEVICE inline float normalize_value(float v, float lo, float hi) {
 
 // Spectral residual at one frequency (i, j) of a [h, w, 2] spectrum: log amplitude minus its
 // 3x3 box mean (reflect border), back to a complex value with the original phase.
-MEDMIX_HOST_DEVICE inline float log_amplitude(const float* spec, int64_t k) {
+MEDMIX_HOST_DEVICE inline float amplitude(const float* spec, int64_t k) {
   const float re = spec[2 * k], im = spec[2 * k + 1];
-  const float a = std::sqrt(re * re + im * im);
-  return std::log(a > 1e-30f ? a : 1e-30f);
+  return std::sqrt(re * re + im * im);
+}
+
+// Amplitudes below this fraction of the sample's largest are floored there before the log.
+// They are the FFT's rounding noise (about 1e-8 of the largest in float32) or exact zeros (an
+// image constant along its rows or columns, e.g. one pixel wide, zeroes all but one column of
+// its spectrum). Unfloored, noise decides the map, and under an absolute 1e-30 floor the box
+// mean next to a zero column puts exp() at about e^46 (the squared map overflows to inf).
+// Natural images' spectra stay above it (SynthLesion at 224^2: about 1 coefficient in 10^6
+// is below 1e-6 of the largest), and a coefficient that small adds nothing to the map anyway.
+constexpr float kAmplitudeFloor = 1e-6f;  // the reference's AMPLITUDE_FLOOR
+
+// The floor for a sample whose largest amplitude is max_amp (never 0: log(0) is -inf).
+MEDMIX_HOST_DEVICE inline float amplitude_floor(float max_amp) {
+  return std::fmax(max_amp * kAmplitudeFloor, 1e-30f);
+}
+
+MEDMIX_HOST_DEVICE inline float log_amplitude(const float* spec, int64_t k, float amp_floor) {
+  const float a = amplitude(spec, k);
+  return std::log(a > amp_floor ? a : amp_floor);
 }
 
 MEDMIX_HOST_DEVICE inline int64_t reflect1(int64_t i, int64_t n) {
@@ -128,25 +146,30 @@ MEDMIX_HOST_DEVICE inline int64_t reflect1(int64_t i, int64_t n) {
 }
 
 // The residual spectrum value from a frequency's (re, im), its log amplitude la and the sum
-// `box` of the 9 log amplitudes around it: exp(la - box / 9) with the original phase.
+// `box` of the 9 log amplitudes around it: exp(la - box / 9) with the original phase. A
+// frequency at or under the floor has no phase of its own (rounding noise would choose it): it
+// takes phase 0, as an exact zero does, so that every backend gives the same map.
 MEDMIX_HOST_DEVICE inline void spectral_residual_value(float re, float im, float la, float box,
-                                                       float* out_re, float* out_im) {
+                                                       float amp_floor, float* out_re,
+                                                       float* out_im) {
   const float amp = std::sqrt(re * re + im * im);
   const float mag = std::exp(la - box / 9.f);
-  *out_re = amp > 0.f ? mag * (re / amp) : mag;
-  *out_im = amp > 0.f ? mag * (im / amp) : 0.f;
+  const bool phased = amp > amp_floor;
+  *out_re = phased ? mag * (re / amp) : mag;
+  *out_im = phased ? mag * (im / amp) : 0.f;
 }
 
+// amp_floor: amplitude_floor of the sample's largest amplitude.
 MEDMIX_HOST_DEVICE inline void spectral_residual_at(const float* spec, int64_t h, int64_t w,
-                                                    int64_t i, int64_t j, float* out_re,
-                                                    float* out_im) {
+                                                    int64_t i, int64_t j, float amp_floor,
+                                                    float* out_re, float* out_im) {
   float box = 0.f;
   for (int64_t di = -1; di <= 1; ++di)
     for (int64_t dj = -1; dj <= 1; ++dj)
-      box += log_amplitude(spec, reflect1(i + di, h) * w + reflect1(j + dj, w));
+      box += log_amplitude(spec, reflect1(i + di, h) * w + reflect1(j + dj, w), amp_floor);
   const int64_t k = i * w + j;
-  spectral_residual_value(spec[2 * k], spec[2 * k + 1], log_amplitude(spec, k), box, out_re,
-                          out_im);
+  spectral_residual_value(spec[2 * k], spec[2 * k + 1], log_amplitude(spec, k, amp_floor), box,
+                          amp_floor, out_re, out_im);
 }
 
 // One scale's term: the surround's mean (box: the box sum with the centre, surround: the

@@ -264,7 +264,10 @@ at::Tensor spectral_residual_filter_cpu(const at::Tensor& spec_in) {
     for (int64_t bi = begin; bi < end; ++bi) {
       const float* sb = ps + bi * h * w * 2;
       float* ob = po + bi * h * w * 2;
-      for (int64_t k = 0; k < h * w; ++k) la[k] = log_amplitude(sb, k);  // once per frequency
+      float max_amp = 0.f;
+      for (int64_t k = 0; k < h * w; ++k) max_amp = std::fmax(max_amp, amplitude(sb, k));
+      const float amp_floor = amplitude_floor(max_amp);
+      for (int64_t k = 0; k < h * w; ++k) la[k] = log_amplitude(sb, k, amp_floor);  // once per frequency
       for (int64_t i = 0; i < h; ++i)
         for (int64_t j = 0; j < w; ++j) {
           float box = 0.f;
@@ -272,7 +275,8 @@ at::Tensor spectral_residual_filter_cpu(const at::Tensor& spec_in) {
             for (int64_t dj = -1; dj <= 1; ++dj)
               box += la[reflect1(i + di, h) * w + reflect1(j + dj, w)];
           const int64_t k = i * w + j;
-          spectral_residual_value(sb[2 * k], sb[2 * k + 1], la[k], box, ob + 2 * k, ob + 2 * k + 1);
+          spectral_residual_value(sb[2 * k], sb[2 * k + 1], la[k], box, amp_floor, ob + 2 * k,
+                                  ob + 2 * k + 1);
         }
     }
   });

@@ -1,7 +1,7 @@
 // Saliency kernels on CUDA. saliency_map and fine_grained_saliency: a few launches over a
 // (sample, 2048-pixel chunk) grid, through per-sample global scratch; per-sample min / max come
-// from per-chunk partials (csrc/cuda/sample_chunks.cuh). spectral_residual_filter: one thread per
-// frequency. Contracts: csrc/ops.cpp.
+// from per-chunk partials (csrc/cuda/sample_chunks.cuh). spectral_residual_filter: one block per
+// spectrum. Contracts: csrc/ops.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
@@ -157,12 +157,20 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t k = ch.k0 + threadIdx.x; k < ch.k1; k += blockDim.x) o[k] = normalize_value(o[k], lo, hi);
 }
 
-__global__ void spectral_residual_kernel(const float* __restrict__ spec, float* __restrict__ out,
-                                         int64_t total, int64_t h, int64_t w) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= total) return;
-  const int64_t hw = h * w, b = idx / hw, k = idx % hw;
-  spectral_residual_at(spec + b * hw * 2, h, w, k / w, k % w, out + 2 * idx, out + 2 * idx + 1);
+// One block per sample: its largest amplitude (the log floor, amplitude_floor) first, then the
+// residual of each frequency. A spectrum is the 64 x 64 working grid (32 KB), L1 / L2 resident.
+__global__ void __launch_bounds__(kThreads)
+spectral_residual_kernel(const float* __restrict__ spec, float* __restrict__ out, int64_t h,
+                         int64_t w) {
+  const int64_t hw = h * w, b = blockIdx.x;
+  const float* s = spec + b * hw * 2;
+  float* o = out + b * hw * 2;
+  float max_amp = 0.f;
+  for (int64_t k = threadIdx.x; k < hw; k += blockDim.x)
+    max_amp = fmaxf(max_amp, amplitude(s, k));
+  const float amp_floor = amplitude_floor(block_all_reduce(max_amp, MaxOp{}, 0.f));
+  for (int64_t k = threadIdx.x; k < hw; k += blockDim.x)
+    spectral_residual_at(s, h, w, k / w, k % w, amp_floor, o + 2 * k, o + 2 * k + 1);
 }
 
 // fine_grained_saliency, pass 1: on / off contrast summed over the scales (float64, like the
@@ -295,12 +303,12 @@ at::Tensor spectral_residual_filter_cuda(const at::Tensor& spec_in) {
   const c10::cuda::CUDAGuard guard(spec_in.device());
   const auto spec = spec_in.contiguous();
   auto out = at::empty_like(spec);
-  const int64_t total = spec.size(0) * spec.size(1) * spec.size(2);
-  if (total == 0) return out;
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
-  spectral_residual_kernel<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-      spec.const_data_ptr<float>(), out.mutable_data_ptr<float>(), total, spec.size(1),
-      spec.size(2));
+  const int64_t B = spec.size(0);
+  if (spec.numel() == 0) return out;
+  TORCH_CHECK(B <= INT32_MAX, "medmix::spectral_residual_filter: at most 2^31 - 1 spectra, got ", B);
+  spectral_residual_kernel<<<static_cast<unsigned>(B), kThreads, 0,
+                             c10::cuda::getCurrentCUDAStream()>>>(
+      spec.const_data_ptr<float>(), out.mutable_data_ptr<float>(), spec.size(1), spec.size(2));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

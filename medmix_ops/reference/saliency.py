@@ -25,6 +25,7 @@ SPECTRAL_BLUR = (5, 8.0)                         # GaussianBlur(ksize=5, sigma=8
 FINE_GRAINED_SCALES = (12, 24, 48, 28, 56, 112)  # OpenCV's neighborhoods: 3*4*{1,2,4}, 7*4*{1,2,4}
 FINE_GRAINED_SMOOTH = (1.0, 4.0, 6.0, 4.0, 1.0)  # two 3x3 [1, 2, 1]/4 blurs, as one 5-tap kernel
 LOG_FLOOR = 1e-30                                # log-amplitude floor (log 0 = -inf otherwise)
+AMPLITUDE_FLOOR = 1e-6                           # ... and relative to the largest amplitude
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
@@ -136,9 +137,15 @@ def spectral_residual_of_grid(small: torch.Tensor):
     constant = is_flat(small.amin(dim=(1, 2)), small.amax(dim=(1, 2)))
     spec = torch.fft.fft2(small)
     amp = spec.abs()
-    log_amp = torch.log(amp.clamp_min(LOG_FLOOR))
+    # Amplitudes under 1e-6 of the sample's largest are the FFT's rounding noise or exact zeros
+    # (an image constant along its rows or columns): floored there, so that neither noise nor
+    # an overflowing exp() (next to a zero column, under the 1e-30 floor) decides the map.
+    floor = (amp.amax(dim=(-2, -1), keepdim=True) * AMPLITUDE_FLOOR).clamp_min(LOG_FLOOR)
+    log_amp = torch.log(torch.maximum(amp, floor))
     residual = log_amp - separable_filter(log_amp, torch.full((3,), 1.0 / 3.0))
-    phase = torch.where(amp > 0, spec / torch.where(amp > 0, amp, 1), torch.ones_like(spec))
+    # at or under the floor, phase 0 (as an exact zero's): rounding noise would choose it
+    phased = amp > floor
+    phase = torch.where(phased, spec / torch.where(phased, amp, 1), torch.ones_like(spec))
     mag = torch.fft.ifft2(torch.exp(residual) * phase).abs()
     mag = separable_filter(mag, gaussian_taps_ksize(*SPECTRAL_BLUR)) ** 2
     return mag, constant

@@ -9,9 +9,11 @@ import triton
 import triton.language as tl
 
 from .._transfer import device_constant
-from ..reference.saliency import integral_image
+from ..reference.saliency import AMPLITUDE_FLOOR as _AMPLITUDE_FLOOR, integral_image
 from . import _common as cm
 
+# log floor of a spectrum, relative to its largest amplitude (csrc/common/saliency.h)
+AMPLITUDE_FLOOR = tl.constexpr(_AMPLITUDE_FLOOR)
 CHUNK = 1024  # pixels a program per pass: a (sample, chunk) grid fills the GPU at small B
 
 
@@ -200,10 +202,15 @@ def saliency_finish_kernel(minmax_ptr, gate_ptr, out_ptr, flat_ptr, n, NORMALIZE
 
 
 @triton.jit
-def _log_amplitude(spec, k, mask):
-    re = tl.load(spec + 2 * k, mask=mask, other=1.0)
+def _amplitude(spec, k, mask):
+    re = tl.load(spec + 2 * k, mask=mask, other=0.0)
     im = tl.load(spec + 2 * k + 1, mask=mask, other=0.0)
-    return tl.log(tl.maximum(tl.sqrt(re * re + im * im), 1e-30))
+    return tl.sqrt(re * re + im * im)
+
+
+@triton.jit
+def _log_amplitude(spec, k, mask, amp_floor):
+    return tl.log(tl.maximum(_amplitude(spec, k, mask), amp_floor))
 
 
 @triton.jit
@@ -214,27 +221,35 @@ def _reflect1(i, n):
 
 
 @triton.jit
-def spectral_residual_kernel(spec_ptr, out_ptr, total, h, w, BLOCK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = idx < total
+def spectral_residual_kernel(spec_ptr, out_ptr, h, w, BLOCK: tl.constexpr):
+    """One program per spectrum: its largest amplitude (the log floor: csrc/common/saliency.h,
+    amplitude_floor) first, then the residual of each frequency, BLOCK at a time."""
+    b = tl.program_id(0).to(tl.int64)
     hw = h * w
-    b = idx // hw
-    k = idx % hw
-    i = k // w
-    j = k % w
     spec = spec_ptr + b * hw * 2
-    box = tl.zeros([BLOCK], dtype=tl.float32)
-    for di in range(-1, 2):
-        for dj in range(-1, 2):
-            box += _log_amplitude(spec, _reflect1(i + di, h) * w + _reflect1(j + dj, w), m)
-    re = tl.load(spec + 2 * k, mask=m, other=1.0)
-    im = tl.load(spec + 2 * k + 1, mask=m, other=0.0)
-    amp = tl.sqrt(re * re + im * im)
-    mag = tl.exp(_log_amplitude(spec, k, m) - box / 9.0)
-    pos = amp > 0
-    safe = tl.where(pos, amp, 1.0)
-    tl.store(out_ptr + 2 * idx, tl.where(pos, mag * (re / safe), mag), mask=m)
-    tl.store(out_ptr + 2 * idx + 1, tl.where(pos, mag * (im / safe), 0.0), mask=m)
+    out = out_ptr + b * hw * 2
+    max_amp = tl.zeros([BLOCK], dtype=tl.float32)
+    for k0 in range(0, hw, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        max_amp = tl.maximum(max_amp, _amplitude(spec, k, k < hw))
+    amp_floor = tl.maximum(tl.max(max_amp, axis=0) * AMPLITUDE_FLOOR, 1e-30)
+    for k0 in range(0, hw, BLOCK):
+        k = k0 + tl.arange(0, BLOCK)
+        m = k < hw
+        i = k // w
+        j = k % w
+        box = tl.zeros([BLOCK], dtype=tl.float32)
+        for di in range(-1, 2):
+            for dj in range(-1, 2):
+                box += _log_amplitude(spec, _reflect1(i + di, h) * w + _reflect1(j + dj, w), m, amp_floor)
+        re = tl.load(spec + 2 * k, mask=m, other=1.0)
+        im = tl.load(spec + 2 * k + 1, mask=m, other=0.0)
+        amp = tl.sqrt(re * re + im * im)
+        mag = tl.exp(tl.log(tl.maximum(amp, amp_floor)) - box / 9.0)
+        phased = amp > amp_floor  # at or under the floor: phase 0 (csrc/common/saliency.h)
+        safe = tl.where(phased, amp, 1.0)
+        tl.store(out + 2 * k, tl.where(phased, mag * (re / safe), mag), mask=m)
+        tl.store(out + 2 * k + 1, tl.where(phased, mag * (im / safe), 0.0), mask=m)
 
 
 @triton.jit
@@ -351,9 +366,8 @@ def spectral_residual_filter(spec):
     spec = spec.contiguous()
     B, h, w, _ = spec.shape
     out = torch.empty_like(spec)
-    total = B * h * w
-    spectral_residual_kernel[(triton.cdiv(total, CHUNK),)](spec, out, total, h, w, BLOCK=CHUNK,
-                                                          **cm.LAUNCH_OPTIONS)
+    if out.numel():
+        spectral_residual_kernel[(B,)](spec, out, h, w, BLOCK=CHUNK, **cm.LAUNCH_OPTIONS)
     return out
 
 
