@@ -133,12 +133,6 @@ def test_image_saliency_properties(device_backend):
         # (FFT, summation order) grow by magnitude / range. Tiny images (1x2, 2x1, ...) can give
         # nearly flat maps whose normalised order float32 cannot decide; those samples are
         # held to the invariants only.
-        if method == "spectral_residual" and min(shape[2], shape[3]) == 1:
-            # An image 1 pixel high or wide has a one-row spectrum: every other frequency of the
-            # 64x64 working grid is FFT rounding noise, which the residual's amplitude
-            # normalisation lifts to full strength. The map is then decided by rounding (in
-            # OpenCV too); only the invariants hold.
-            return
         m = ref.spectral_residual_map(x)[0] if method == "spectral_residual" else ref.fine_grained_map(x)
         lo, hi = m.amin(dim=(1, 2)), m.amax(dim=(1, 2))
         magnitude = torch.maximum(lo.abs(), hi.abs())
