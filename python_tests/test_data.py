@@ -136,6 +136,32 @@ def test_image_folder_reads_dicom_and_16_bit(tmp_path):
     assert float(ds[deep][0].max()) == pytest.approx(39900 / 65535, rel=1e-6)
 
 
+def test_float_and_32_bit_tiff(tmp_path):
+    # PIL's conversion to 8 bits clips: a float TIFF in [0, 1] came back as a black image
+    # (values 0 and 1/255) and a 32-bit one with counts above 65535 went past 1.
+    unit = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    got = load_image(tmp_path / "unit.tif", channels=1)
+    assert got.shape == (1, 48, 64) and np.allclose(got[0].numpy(), unit, atol=1e-7)
+
+    hu = np.linspace(-1024, 3071, 48 * 64, dtype=np.float32).reshape(48, 64)
+    hu[0, 0] = np.nan  # a non-finite pixel becomes the minimum, not NaN
+    Image.fromarray(hu, mode="F").save(tmp_path / "hu.tif")
+    got = load_image(tmp_path / "hu.tif", channels=3)
+    lo, hi = np.nanmin(hu), np.nanmax(hu)
+    want = (np.nan_to_num(hu, nan=lo) - lo) / (hi - lo)
+    assert got.shape == (3, 48, 64) and torch.isfinite(got).all()
+    assert np.allclose(got[1].numpy(), want, atol=1e-6)
+
+    counts = np.linspace(0, 100000, 48 * 64).astype(np.int32).reshape(48, 64)
+    Image.fromarray(counts).save(tmp_path / "counts.tif")
+    got = load_image(tmp_path / "counts.tif", channels=1)
+    assert np.allclose(got[0].numpy(), counts / 100000, atol=1e-6)
+
+    Image.fromarray(np.full((8, 8), 7.5, dtype=np.float32), mode="F").save(tmp_path / "flat.tif")
+    assert load_image(tmp_path / "flat.tif", channels=1).eq(0).all()
+
+
 def test_unreadable_file_is_named(tmp_path):
     root = make_folder(tmp_path / "data")
     (root / "benign" / "broken.png").write_bytes(b"not a png at all")

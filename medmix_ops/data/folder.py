@@ -20,7 +20,8 @@ class UnreadableImageError(ValueError):
 
 def load_image(path, channels: int = 3) -> torch.Tensor:
     """One image file -> float32 [channels, H, W] in [0, 1]. DICOM pixel data is rescaled from
-    its own min / max (no window assumptions); 16-bit PNG / TIFF from their bit depth."""
+    its own min / max (no window assumptions); 16-bit PNG / TIFF from their bit depth, 32-bit
+    and float TIFF as ``high_depth_to_unit`` says."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -39,9 +40,8 @@ def load_image(path, channels: int = 3) -> torch.Tensor:
 
             with Image.open(path) as im:
                 im.load()
-                if im.mode in ("I;16", "I;16B", "I"):
-                    a = np.asarray(im, dtype=np.float64)
-                    a = a / (65535.0 if a.max() > 255 else 255.0)
+                if im.mode == "F" or im.mode == "I" or im.mode.startswith("I;"):
+                    a = high_depth_to_unit(np.asarray(im, dtype=np.float64), im.mode == "F")
                 else:
                     a = np.asarray(im.convert("RGB" if channels == 3 else "L"), dtype=np.float64) / 255.0
     except UnreadableImageError:
@@ -54,6 +54,26 @@ def load_image(path, channels: int = 3) -> torch.Tensor:
         t = t.mean(0, keepdim=True).expand(channels, -1, -1) if channels == 3 or t.shape[0] == 3 else t
         t = t[:channels] if t.shape[0] > channels else t
     return t.contiguous()
+
+
+def high_depth_to_unit(a: np.ndarray, is_float: bool) -> np.ndarray:
+    """One-channel integer (16 / 32-bit) or float (32-bit TIFF) pixels -> [0, 1].
+
+    Integers from their bit depth: / 255 when every value fits 8 bits, / 65535 when 16. Floats
+    already in [0, 1] are kept. Anything else (32-bit counts, negative values such as signed CT
+    numbers, floats outside [0, 1]) is rescaled from its own min / max, as DICOM is, rather than
+    clipped: PIL's conversion to 8 bits clips, which turned a float TIFF in [0, 1] into a black
+    image. Non-finite pixels become the minimum."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        a = np.where(finite, a, a[finite].min() if finite.any() else 0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if lo >= 0:
+        if is_float and hi <= 1:
+            return a
+        if not is_float and hi <= 65535:
+            return a / (65535.0 if hi > 255 else 255.0)
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
 class ImageFolder(torch.utils.data.Dataset):
