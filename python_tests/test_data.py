@@ -136,6 +136,21 @@ def test_image_folder_reads_dicom_and_16_bit(tmp_path):
     assert float(ds[deep][0].max()) == pytest.approx(39900 / 65535, rel=1e-6)
 
 
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    # MONOCHROME1 (many CR / DR X-rays and mammograms) stores bright anatomy as low values
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assert ds.PhotometricInterpretation == "MONOCHROME2"
+    ds.save_as(tmp_path / "m2.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "m1.dcm")
+    m2, m1 = load_image(tmp_path / "m2.dcm", channels=1), load_image(tmp_path / "m1.dcm", channels=1)
+    assert m2.shape == m1.shape == (1, 128, 128) and m2.max() == 1 and m2.min() == 0
+    torch.testing.assert_close(m1, 1 - m2, rtol=0, atol=1e-6)
+
+
 def test_float_and_32_bit_tiff(tmp_path):
     # PIL's conversion to 8 bits clips: a float TIFF in [0, 1] came back as a black image
     # (values 0 and 1/255) and a 32-bit one with counts above 65535 went past 1.

@@ -30,11 +30,14 @@ def load_image(path, channels: int = 3) -> torch.Tensor:
                 import pydicom
             except ImportError as e:
                 raise UnreadableImageError(f"{path}: DICOM needs pydicom (pip install pydicom)") from e
-            a = pydicom.dcmread(str(path)).pixel_array.astype(np.float64)
-            if a.ndim == 3 and a.shape[-1] not in (3, 4):  # a multi-frame series: first frame
+            ds = pydicom.dcmread(str(path))
+            a = ds.pixel_array.astype(np.float64)
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1:  # a multi-frame series: first frame
                 a = a[0]
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+            a = high_depth_to_unit(a, is_float=True, force_rescale=True)
+            # MONOCHROME1 stores bright as low values (many CR / DR X-rays, mammograms)
+            if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+                a = 1.0 - a
         else:
             from PIL import Image
 
@@ -56,19 +59,19 @@ def load_image(path, channels: int = 3) -> torch.Tensor:
     return t.contiguous()
 
 
-def high_depth_to_unit(a: np.ndarray, is_float: bool) -> np.ndarray:
+def high_depth_to_unit(a: np.ndarray, is_float: bool, force_rescale: bool = False) -> np.ndarray:
     """One-channel integer (16 / 32-bit) or float (32-bit TIFF) pixels -> [0, 1].
 
     Integers from their bit depth: / 255 when every value fits 8 bits, / 65535 when 16. Floats
     already in [0, 1] are kept. Anything else (32-bit counts, negative values such as signed CT
     numbers, floats outside [0, 1]) is rescaled from its own min / max, as DICOM is, rather than
     clipped: PIL's conversion to 8 bits clips, which turned a float TIFF in [0, 1] into a black
-    image. Non-finite pixels become the minimum."""
+    image. ``force_rescale`` always rescales (DICOM). Non-finite pixels become the minimum."""
     finite = np.isfinite(a)
     if not finite.all():
         a = np.where(finite, a, a[finite].min() if finite.any() else 0.0)
     lo, hi = float(a.min()), float(a.max())
-    if lo >= 0:
+    if lo >= 0 and not force_rescale:
         if is_float and hi <= 1:
             return a
         if not is_float and hi <= 65535:
