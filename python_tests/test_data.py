@@ -118,6 +118,18 @@ def test_image_folder_png_and_resize(tmp_path):
     assert grey.shape == (1, 20, 24)
 
 
+def test_image_folder_leaves_hidden_folders_and_files_out(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=2)
+    for hidden in (".ipynb_checkpoints", "__MACOSX", "benign/.cache"):
+        (root / hidden).mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / hidden / "x.png")
+    (root / "malignant" / "._0.png").write_bytes(b"\x00\x05\x16\x07 a macOS resource fork")
+    ds = ImageFolder(root)
+    assert ds.classes == ["benign", "malignant"] and len(ds) == 4
+    assert all(not p.name.startswith(".") and ".cache" not in str(p) for p, _ in ds.samples)
+    ds.check_headers()  # the resource fork would fail it
+
+
 def test_image_folder_reads_dicom_and_16_bit(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file

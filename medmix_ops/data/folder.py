@@ -79,10 +79,17 @@ def high_depth_to_unit(a: np.ndarray, is_float: bool, force_rescale: bool = Fals
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
+def _hidden(name: str) -> bool:
+    """Folders and files a tree picks up without anyone meaning them as data: dot-names
+    (.ipynb_checkpoints, macOS's ._ resource forks, .DS_Store) and zip's __MACOSX."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """``root/<class>/<image>`` -> ``(image [C, size, size] float32 in [0, 1], label)``.
 
-    Classes are the sorted sub-folder names. ``size`` resizes (bilinear, antialiased). An
+    Classes are the sorted sub-folder names; hidden ones (a dot name, ``__MACOSX``) and hidden
+    files are left out. ``size`` resizes (bilinear, antialiased). An
     unreadable file raises ``UnreadableImageError`` naming it. With ``skip_bad=True`` the folder
     is checked once up front, bad files are left out, and ``skipped`` lists them.
     """
@@ -95,12 +102,13 @@ class ImageFolder(torch.utils.data.Dataset):
             raise ValueError(f"ImageFolder: channels must be 1 or 3, got {channels}")
         if size is not None and (not is_int(size) or size < 1):
             raise ValueError(f"ImageFolder: size must be a positive int or None, got {size!r}")
-        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not _hidden(d.name))
         if not self.classes:
             raise ValueError(f"ImageFolder: {self.root} has no class sub-folders (expected root/<class>/<image>)")
         exts = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
         self.samples = [(f, c) for c, name in enumerate(self.classes)
-                        for f in sorted((self.root / name).rglob("*")) if f.suffix.lower() in exts]
+                        for f in sorted((self.root / name).rglob("*"))
+                        if f.suffix.lower() in exts and not any(map(_hidden, f.relative_to(self.root).parts))]
         if not self.samples:
             raise ValueError(f"ImageFolder: no images with extensions {exts} under {self.root}")
         self.size, self.channels = (None if size is None else int(size)), channels
