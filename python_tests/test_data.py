@@ -234,6 +234,18 @@ def test_medmnist_npz(tmp_path):
     bad.write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.npz is not a readable .npz"):
         MedMNIST(bad)
+    # MedMNIST 3D volumes [N, D, H, W]: their depth was taken for colour channels
+    vol = tmp_path / "organmnist3d.npz"
+    np.savez(vol, train_images=np.zeros((3, 28, 28, 28), np.uint8), train_labels=np.zeros((3, 1), np.int64))
+    with pytest.raises(ValueError, match=r"train_images is \(3, 28, 28, 28\), not 2-D images"):
+        MedMNIST(vol)
+    odd = tmp_path / "odd.npz"
+    np.savez(odd, train_images=np.zeros((3, 8, 8), np.float32), train_labels=np.zeros((3, 1), np.int64),
+             val_images=np.zeros((0, 8, 8), np.uint8), val_labels=np.zeros((0, 1), np.int64))
+    with pytest.raises(TypeError, match="train_images must be uint8.*got float32"):
+        MedMNIST(odd)
+    with pytest.raises(ValueError, match="the val split is empty"):
+        MedMNIST(odd, "val")
 
 
 # ---- MixCollate ------------------------------------------------------------------------------------

@@ -35,6 +35,15 @@ class MedMNIST(torch.utils.data.Dataset):
             raise ValueError(f"MedMNIST: {path} is not a readable .npz file ({e})") from e
         if images.ndim not in (3, 4) or images.shape[0] != labels.shape[0]:
             raise ValueError(f"MedMNIST: {path}: images {images.shape} and labels {labels.shape} are inconsistent")
+        if images.ndim == 4 and images.shape[-1] not in (1, 3):
+            # MedMNIST 3D (OrganMNIST3D, ...) stores volumes [N, D, H, W]: its depth is not colour
+            raise ValueError(f"MedMNIST: {path}: {split}_images is {images.shape}, not 2-D images "
+                             "[N, H, W] or [N, H, W, 1 | 3] (a 3-D volume file?)")
+        if images.shape[0] == 0:
+            raise ValueError(f"MedMNIST: {path}: the {split} split is empty")
+        if images.dtype != np.uint8:
+            raise TypeError(f"MedMNIST: {path}: {split}_images must be uint8 (MedMNIST's format), "
+                            f"got {images.dtype}")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         labels = labels.reshape(labels.shape[0], -1)
         self.multi_label = labels.shape[1] > 1
