@@ -70,7 +70,12 @@ def _load_data(spec: str, size: int, n: int, seed: int):
     if spec.endswith(".npz"):
         ds = MedMNIST(spec)
         return ds, [str(c) for c in range(ds.num_classes)]
-    ds = ImageFolder(spec, size=size)
+    from pathlib import Path
+
+    from .train.data import split_folders
+
+    splits = split_folders(Path(spec)) if Path(spec).is_dir() else None
+    ds = ImageFolder(splits[0] if splits else spec, size=size)  # a split tree: its train/ part
     return ds, ds.classes
 
 

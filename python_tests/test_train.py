@@ -348,3 +348,49 @@ def test_skip_bad_images(tmp_path, capsys):
     assert cli.main(args) == 2 and "bad.png: cannot read image" in capsys.readouterr().err
     assert cli.main([*args, "--skip-bad"]) == 0
     assert "skipped 1 unreadable images" in capsys.readouterr().out
+
+
+def _image_tree(root, counts):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, n in counts.items():
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_a_presplit_folder_keeps_its_splits(tmp_path):
+    from medmix_ops.train.data import build_datasets
+
+    _image_tree(tmp_path / "d" / "train", {"benign": 5, "malignant": 3})
+    _image_tree(tmp_path / "d" / "val", {"benign": 2, "malignant": 1})
+    train, test, names, info = build_datasets(str(tmp_path / "d"), 16)
+    # the split names used to become the classes: the model learned train-vs-test
+    assert names == ["benign", "malignant"] and len(train) == 8 and len(test) == 3
+    assert info["labels"].tolist() == [0] * 5 + [1] * 3 and [test[i][1] for i in range(3)] == [0, 0, 1]
+    assert test[0][0].shape == (3, 16, 16)
+    _image_tree(tmp_path / "e" / "train", {"benign": 2, "malignant": 2})
+    _image_tree(tmp_path / "e" / "test", {"benign": 1, "other": 1})
+    with pytest.raises(ValueError, match=r"train/ has classes \['benign', 'malignant'\] but test/ has"):
+        build_datasets(str(tmp_path / "e"), 16)
+    _image_tree(tmp_path / "f" / "train", {"benign": 2})
+    with pytest.raises(ValueError, match="a train/ folder but no test/ or val/"):
+        build_datasets(str(tmp_path / "f"), 16)
+
+
+def test_a_single_folder_is_split_per_class(tmp_path):
+    from medmix_ops.train.data import build_datasets, stratified_split
+
+    _image_tree(tmp_path / "d", {"a_common": 20, "b_rare": 2, "c_single": 1})
+    train, test, names, info = build_datasets(str(tmp_path / "d"), 8, seed=3)
+    test_labels = sorted(test[i][1] for i in range(len(test)))
+    # a random 20% could leave the rare class out of either split; per class it is in both
+    assert test_labels == [0, 0, 0, 0, 1] and info["labels"].bincount().tolist() == [16, 1, 1]
+    labels = torch.tensor([0] * 50 + [1] * 7)
+    for seed in range(5):
+        tr, te = stratified_split(labels, 0.2, seed)
+        assert sorted(tr + te) == list(range(57)) and labels[te].bincount().tolist() == [10, 1]
+    assert stratified_split(labels, 0.2, 1) == stratified_split(labels, 0.2, 1)
+    assert stratified_split(labels, 0.2, 1) != stratified_split(labels, 0.2, 2)

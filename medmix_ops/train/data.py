@@ -32,7 +32,9 @@ class Pairs(torch.utils.data.Dataset):
 def build_datasets(spec: str, img_size: int, *, imbalance: float | None = None, n_train: int = 2048,
                    n_test: int = 512, seed: int = 0, skip_bad: bool = False, test_fraction: float = 0.2):
     """(train, test, class names, info). spec: "synthlesion", an ImageFolder directory, or a
-    MedMNIST .npz. SynthLesion's test split is balanced and drawn from another seed."""
+    MedMNIST .npz. SynthLesion's test split is balanced and drawn from another seed. A folder
+    split as root/train/<class>/ + root/test/<class>/ (or val/) is used as it is; a single
+    root/<class>/ tree is split per class (stratified_split)."""
     if spec == "synthlesion":
         train = SynthLesion(n_train, size=img_size, seed=seed, imbalance=imbalance)
         test = SynthLesion(n_test, size=img_size, seed=seed + 100_000)
@@ -47,16 +49,53 @@ def build_datasets(spec: str, img_size: int, *, imbalance: float | None = None, 
     if not path.exists():
         raise FileNotFoundError(f"--data {spec}: no such file or directory (use synthlesion, an "
                                 "ImageFolder directory or a MedMNIST .npz)")
+    splits = split_folders(path)
+    if splits is not None:
+        train, test = (ImageFolder(d, size=img_size, skip_bad=skip_bad) for d in splits)
+        if train.classes != test.classes:
+            raise ValueError(f"--data {spec}: {splits[0].name}/ has classes {train.classes} but "
+                             f"{splits[1].name}/ has {test.classes}; they must match")
+        if not skip_bad:
+            train.check_headers()
+            test.check_headers()
+        info = dict(labels=train.labels, skipped=train.skipped + test.skipped)
+        return Pairs(train), Pairs(test), train.classes, info
     full = ImageFolder(path, size=img_size, skip_bad=skip_bad)
     if not skip_bad:
         full.check_headers()
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(full), generator=g).tolist()
-    n_test_split = max(1, int(round(test_fraction * len(full))))
-    test_idx, train_idx = order[:n_test_split], order[n_test_split:]
+    train_idx, test_idx = stratified_split(full.labels, test_fraction, seed)
     info = dict(labels=full.labels[train_idx], skipped=full.skipped)
     return (Pairs(torch.utils.data.Subset(full, train_idx)), Pairs(torch.utils.data.Subset(full, test_idx)),
             full.classes, info)
+
+
+def split_folders(root: Path):
+    """(train dir, held-out dir) when root is already split as ``root/train/<class>/`` and
+    ``root/test/<class>/`` (or ``val/``, ``valid/``, ``validation/``), else None. Without this
+    the split names became the classes and the model learned train-vs-test."""
+    train = root / "train"
+    if not train.is_dir():
+        return None
+    for name in ("test", "val", "valid", "validation"):
+        if (root / name).is_dir():
+            return train, root / name
+    raise ValueError(f"--data {root}: it has a train/ folder but no test/ or val/ beside it; give "
+                     "root/train/<class>/ and root/test/<class>/, or one root/<class>/ tree to split")
+
+
+def stratified_split(labels: torch.Tensor, test_fraction: float, seed: int):
+    """(train indices, test indices): per class, a seeded round(test_fraction * n) of its images
+    held out, at least one when the class has two or more and never all of them, so that a
+    rare class (the point of a medical dataset) is in both splits."""
+    g = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=g)].tolist()
+        k = min(max(1, round(test_fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        test += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(test)
 
 
 class Resized(torch.utils.data.Dataset):
