@@ -370,6 +370,40 @@ def test_from_model_gradcam_matches_manual_gradcam():
     assert torch.allclose(got, want, atol=1e-6)
 
 
+class TinyBN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+        self.head = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5, momentum=None))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.features(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradient", "gradcam"])
+def test_from_model_keeps_batchnorm_statistics_in_train_mode(method):
+    # a saliency pass is not a training batch: MedDiffuseMix runs two a step on the model
+    # being trained, which moved its BatchNorm running statistics three times a step
+    torch.manual_seed(0)
+    model = TinyBN().train()
+    model(torch.rand(4, 3, 8, 8))  # statistics away from their initial values
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = {"layer": "features"} if method == "gradcam" else {}
+    x = torch.rand(4, 3, 8, 8) * 3
+    got = saliency_from_model(model, x, 1, method, backend="cpu", **kw)
+    assert model.training and all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # the map itself is the train-mode one (batch statistics), as before
+    xg = x.clone().requires_grad_(True)
+    if method == "gradient":
+        (g,) = torch.autograd.grad(model(xg)[:, 1].sum(), xg)
+        want = saliency(g, "gradient", backend="reference")
+        assert torch.allclose(got, want, atol=1e-5)
+    model(x)  # a plain train-mode forward does move them: the check above can fail
+    assert not torch.equal(model.features[1].running_mean, before["features.1.running_mean"])
+
+
 # (timm name, kwargs, image size, the last stage's module name, its output layout)
 TIMM_MODELS = [
     ("convnext_atto", dict(), 64, "stages.3", "NCHW"),

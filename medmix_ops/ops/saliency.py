@@ -1,6 +1,7 @@
 """saliency: batched saliency maps (spectral residual, fine grained, input gradient, Grad-CAM)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -168,7 +169,7 @@ def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
     Args:
         model: a classifier returning logits ``[B, K]`` (any timm model: ConvNeXt, Swin/SwinV2,
             ViT, ResNet, ...). Its mode (train/eval) is left as it is; no parameter gradients are
-            accumulated.
+            accumulated, and BatchNorm running statistics are as they were before the call.
         x: float images ``[B, C, H, W]``, run in the model's parameter dtype (a bf16 batch and a
             float32 model, or the reverse, need no cast by the caller).
         target: class per sample (``[B]`` ints or one int) whose score is explained; ``None``
@@ -198,7 +199,7 @@ def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
     # in mixed-precision loaders, and the forward would refuse the mismatch.
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), x.dtype)
     xg = x.detach().to(dtype, copy=True).requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), _running_statistics_kept(model):
         if method == "gradient":
             (g,) = torch.autograd.grad(_target_score(model(xg), target, validate), xg)
             return saliency(g, "gradient", reduce=reduce, sigma=sigma, backend=backend)
@@ -219,6 +220,24 @@ def saliency_from_model(model: torch.nn.Module, x: torch.Tensor, target=None,
         (g,) = torch.autograd.grad(_target_score(logits, target, validate), act)
     a, g = _to_nchw(model, act, layout), _to_nchw(model, g, layout)
     return saliency(a, "gradcam", grads=g, size=tuple(x.shape[-2:]), backend=backend)
+
+
+@contextlib.contextmanager
+def _running_statistics_kept(model):
+    """Restores what a train-mode forward changes in normalisation layers (BatchNorm's
+    running mean / var and batch counter): a saliency pass is not a training batch, and
+    MedDiffuseMix runs two a step. Copies on the device, no host sync."""
+    saved = [(m, {k: (b, b.clone()) for k, b in m._buffers.items() if b is not None})
+             for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.training and m.track_running_stats]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, buffers in saved:
+                for k, (b, copy) in buffers.items():
+                    m._buffers[k] = b  # the very tensor, in case the forward replaced it
+                    b.copy_(copy)
 
 
 def _target_score(logits: torch.Tensor, target, validate: bool = True) -> torch.Tensor:
