@@ -121,7 +121,8 @@ def _cmd_train_classifier(args) -> int:
 
     metrics = train_classifier(config_from_args(args), args.out, resume=args.resume)
     if metrics:
-        print(f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, AUROC {metrics['auroc']:.3f}; "
+        print(f"accuracy {metrics['accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, "
+              f"macro-F1 {metrics['macro_f1']:.3f}, AUROC {metrics['auroc']:.3f}; "
               f"per-class recall {[None if r is None else round(r, 3) for r in metrics['per_class_recall']]}")
         print(f"metrics: {args.out}/metrics.json, confusion matrix: {args.out}/confusion.png")
     return 0

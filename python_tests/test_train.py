@@ -394,3 +394,38 @@ def test_a_single_folder_is_split_per_class(tmp_path):
         assert sorted(tr + te) == list(range(57)) and labels[te].bincount().tolist() == [10, 1]
     assert stratified_split(labels, 0.2, 1) == stratified_split(labels, 0.2, 1)
     assert stratified_split(labels, 0.2, 1) != stratified_split(labels, 0.2, 2)
+
+
+def test_classification_metrics_by_hand():
+    import itertools
+
+    import numpy as np
+
+    from medmix_ops.train.metrics import auroc_binary, classification_metrics
+
+    # 4 classes, class 3 absent from the labels; ties in the scores
+    probs = torch.tensor([[0.7, 0.2, 0.1, 0.0], [0.6, 0.3, 0.1, 0.0], [0.5, 0.5, 0.0, 0.0],
+                          [0.2, 0.7, 0.1, 0.0], [0.1, 0.2, 0.7, 0.0], [0.4, 0.3, 0.3, 0.0],
+                          [0.3, 0.3, 0.4, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0])
+    m = classification_metrics(probs, labels, 4)
+    pred = [0, 0, 0, 1, 2, 0, 2]  # argmax; the 0.5 / 0.5 tie goes to the first class
+    assert m["confusion_matrix"] == [[2, 0, 1, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert m["accuracy"] == pytest.approx(np.mean(np.array(pred) == labels.numpy()))
+    recall = [2 / 3, 1 / 2, 1 / 2]
+    assert m["per_class_recall"] == pytest.approx(recall + [None])
+    assert m["balanced_accuracy"] == pytest.approx(np.mean(recall))
+    precision = [2 / 4, 1 / 1, 1 / 2]
+    f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall)]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+
+    def brute_auroc(s, pos):  # every (positive, negative) pair, ties half
+        pairs = list(itertools.product(s[pos], s[~pos]))
+        return np.mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs])
+
+    p, y = probs.double().numpy(), labels.numpy()
+    for c in range(3):
+        assert m["per_class_auroc"][c] == pytest.approx(brute_auroc(p[:, c], y == c))
+        assert auroc_binary(p[:, c], y == c) == pytest.approx(brute_auroc(p[:, c], y == c))
+    assert m["per_class_auroc"][3] is None
+    assert m["auroc"] == pytest.approx(np.mean(m["per_class_auroc"][:3]))
