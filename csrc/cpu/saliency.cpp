@@ -252,6 +252,28 @@ std::tuple<at::Tensor, at::Tensor> saliency_map_cpu(const at::Tensor& src, int64
   return {out, flat};
 }
 
+// The largest re^2 + im^2 of a [n, 2] spectrum (NaN ignored, as std::fmax does). Its sqrt is
+// the largest amplitude bit for bit (sqrt is monotonic and correctly rounded). Eight
+// independent maxima: one running max is a chain of n dependent compares, which cost this
+// filter 0.14 ms at 32 spectra (a tenth of it).
+static float max_squared_amplitude(const float* s, int64_t n) {
+  float m[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int u = 0; u < 8; ++u) {
+      const float re = s[2 * (k + u)], im = s[2 * (k + u) + 1];
+      const float sq = re * re + im * im;
+      m[u] = sq > m[u] ? sq : m[u];
+    }
+  for (; k < n; ++k) {
+    const float sq = s[2 * k] * s[2 * k] + s[2 * k + 1] * s[2 * k + 1];
+    m[0] = sq > m[0] ? sq : m[0];
+  }
+  float r = 0.f;
+  for (float v : m) r = v > r ? v : r;
+  return r;
+}
+
 at::Tensor spectral_residual_filter_cpu(const at::Tensor& spec_in) {
   check_spectrum(spec_in);
   const auto spec = spec_in.contiguous();
@@ -264,9 +286,7 @@ at::Tensor spectral_residual_filter_cpu(const at::Tensor& spec_in) {
     for (int64_t bi = begin; bi < end; ++bi) {
       const float* sb = ps + bi * h * w * 2;
       float* ob = po + bi * h * w * 2;
-      float max_amp = 0.f;
-      for (int64_t k = 0; k < h * w; ++k) max_amp = std::fmax(max_amp, amplitude(sb, k));
-      const float amp_floor = amplitude_floor(max_amp);
+      const float amp_floor = amplitude_floor(std::sqrt(max_squared_amplitude(sb, h * w)));
       for (int64_t k = 0; k < h * w; ++k) la[k] = log_amplitude(sb, k, amp_floor);  // once per frequency
       for (int64_t i = 0; i < h; ++i)
         for (int64_t j = 0; j < w; ++j) {
