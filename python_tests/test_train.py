@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import numpy as np
 import torch
 
 from medmix_ops import cli, mix
@@ -243,7 +244,21 @@ def test_compare_writes_a_table(tmp_path, capsys):
     assert result["classes"][result["tail_class"]] == "metastasis"
     assert (tmp_path / "compare.md").exists() and (tmp_path / "compare.png").exists()
     assert (tmp_path / "compare_loss.png").stat().st_size > 0
-    assert "tail recall" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "tail recall" in printed and "balanced acc." in printed
+    runs = [json.loads((tmp_path / f"mixup-seed{s}" / "metrics.json").read_text()) for s in range(2)]
+    bal = result["results"]["mixup"]["balanced_accuracy"]
+    assert bal["mean"] == pytest.approx(np.mean([m["balanced_accuracy"] for m in runs]))
+    assert bal["std"] == pytest.approx(np.std([m["balanced_accuracy"] for m in runs], ddof=1))
+
+
+def test_compare_balanced_accuracy_of_a_run_finished_before_the_key():
+    """A compare folder picked up again may hold metrics.json files written before
+    balanced_accuracy existed: the table recomputes it from the per-class recalls."""
+    from medmix_ops.train.compare import _balanced_accuracy
+
+    assert _balanced_accuracy(dict(per_class_recall=[0.5, None, 1.0])) == pytest.approx(0.75)
+    assert _balanced_accuracy(dict(balanced_accuracy=0.4, per_class_recall=[0.5, 1.0])) == 0.4
 
 
 def _free_port() -> int:
@@ -429,3 +444,10 @@ def test_classification_metrics_by_hand():
         assert auroc_binary(p[:, c], y == c) == pytest.approx(brute_auroc(p[:, c], y == c))
     assert m["per_class_auroc"][3] is None
     assert m["auroc"] == pytest.approx(np.mean(m["per_class_auroc"][:3]))
+    # heavy ties (scores from 5 levels, like a quantised or saturated classifier) on random sets
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 17, 60):
+        s = rng.integers(0, 5, n).astype(np.float64) / 4
+        pos = rng.random(n) < 0.4
+        pos[0], pos[-1] = True, False
+        assert auroc_binary(s, pos) == pytest.approx(brute_auroc(s, pos))

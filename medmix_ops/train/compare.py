@@ -1,6 +1,6 @@
 """`medmix compare`: the same classifier trained with each policy and several seeds; one table,
-JSON and plot of mean +- std accuracy, macro-F1 and tail-class recall, and the training-loss
-curves."""
+JSON and plot of mean +- std accuracy, balanced accuracy, macro-F1, AUROC and tail-class recall,
+and the training-loss curves."""
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +36,9 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
             v = np.array([x for x in values if x is not None], dtype=np.float64)
             return dict(mean=float(v.mean()), std=float(v.std(ddof=1)) if len(v) > 1 else 0.0)
 
-        table[policy] = dict(accuracy=stat([m["accuracy"] for m in ms]), macro_f1=stat([m["macro_f1"] for m in ms]),
+        table[policy] = dict(accuracy=stat([m["accuracy"] for m in ms]),
+                             balanced_accuracy=stat([_balanced_accuracy(m) for m in ms]),
+                             macro_f1=stat([m["macro_f1"] for m in ms]),
                              auroc=stat([m["auroc"] for m in ms]),
                              tail_recall=stat([m["per_class_recall"][tail] for m in ms]), runs=len(ms))
     result = dict(config=dataclasses.asdict(base), policies=list(policies), seeds=seeds, tail_class=tail,
@@ -46,6 +48,15 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
     save_plot(result, out / "compare.png")
     save_loss_plot(out, policies, seeds, out / "compare_loss.png")
     return result
+
+
+def _balanced_accuracy(metrics: dict) -> float:
+    """metrics.json's balanced accuracy; a run finished before that key existed (a compare
+    folder picked up again) has it recomputed from its per-class recalls, which is the same
+    mean over the classes present in the test set."""
+    if "balanced_accuracy" in metrics:
+        return metrics["balanced_accuracy"]
+    return float(np.mean([r for r in metrics["per_class_recall"] if r is not None]))
 
 
 def _tail_class(cfg: ClassifierConfig) -> int:
@@ -58,17 +69,21 @@ def _tail_class(cfg: ClassifierConfig) -> int:
     return int(np.argmin(counts))
 
 
+_COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "tail_recall")
+
+
 def format_table(result: dict) -> str:
     c = result["config"]
     tail_name = result["classes"][result["tail_class"]]
     lines = [f"{c['model']} on {c['data']} ({c['img_size']} px, imbalance {c['imbalance']}, {c['steps']} steps, "
              f"batch {c['batch_size']}, lr {c['lr']:g}, {c['warmup']} warm-up steps), {result['seeds']} seeds; "
              f"tail class: {tail_name}", "",
-             "| policy | accuracy | macro-F1 | AUROC | tail recall |", "| --- | ---: | ---: | ---: | ---: |"]
+             "| policy | accuracy | balanced acc. | macro-F1 | AUROC | tail recall |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for p in result["policies"]:
         r = result["results"][p]
         cell = lambda k: f"{r[k]['mean']:.3f} +- {r[k]['std']:.3f}"  # noqa: E731
-        lines.append(f"| {p} | {cell('accuracy')} | {cell('macro_f1')} | {cell('auroc')} | {cell('tail_recall')} |")
+        lines.append(f"| {p} | " + " | ".join(cell(k) for k in _COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -79,7 +94,7 @@ def save_plot(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     pols = result["policies"]
-    keys = ("accuracy", "macro_f1", "tail_recall")
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "tail_recall")
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(pols)), 3.2), dpi=110)
     w = 0.8 / len(keys)
     for i, k in enumerate(keys):

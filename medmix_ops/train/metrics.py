@@ -13,16 +13,16 @@ def auroc_binary(scores: np.ndarray, positive: np.ndarray) -> float:
     pos, neg = scores[positive], scores[~positive]
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    both = np.concatenate([pos, neg])
+    order = np.argsort(both, kind="mergesort")
+    ordered = both[order]
+    # tied scores share the mean of their 1-based ranks: group g spans sorted positions
+    # starts[g] .. ends[g] - 1 (NaN != NaN, so each NaN is a group of its own)
+    new_group = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    starts = np.flatnonzero(new_group)
+    ends = np.append(starts[1:], len(ordered))
     ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(allv):  # average ranks over ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    ranks[order] = ((starts + ends + 1) / 2)[np.cumsum(new_group) - 1]
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
