@@ -163,6 +163,53 @@ def test_dicom_monochrome1_is_inverted(tmp_path):
     torch.testing.assert_close(m1, 1 - m2, rtol=0, atol=1e-6)
 
 
+def _colour_dicom(path, rgb: np.ndarray, photometric: str) -> None:
+    """An uncompressed 8-bit secondary-capture DICOM of an [H, W, 3] uint8 RGB image, stored
+    as RGB or as YBR_FULL (how ultrasound and many dermoscopy DICOMs hold colour)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.pixels import convert_color_space
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    data = rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", photometric)
+    ds.PixelData = np.ascontiguousarray(data).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_colour_dicom_loads_like_the_same_png(tmp_path, monkeypatch):
+    # a colour DICOM was min / max stretched per image (brightness and colour balance changed
+    # from image to image) and averaged, not luma-weighted, to one channel
+    pydicom = pytest.importorskip("pydicom", minversion="3")
+    rng = np.random.default_rng(0)
+    rgb = np.clip(rng.normal([150, 90, 60], 20, (23, 31, 3)), 20, 230).astype(np.uint8)  # a dim skin tone
+    Image.fromarray(rgb).save(tmp_path / "same.png")
+    _colour_dicom(tmp_path / "rgb.dcm", rgb, "RGB")
+    _colour_dicom(tmp_path / "ybr.dcm", rgb, "YBR_FULL")
+    for channels in (3, 1):
+        png = load_image(tmp_path / "same.png", channels=channels)
+        assert png.shape == (channels, 23, 31)
+        rounding = 0.0 if channels == 3 else 0.5 / 255  # PIL's "L" rounds the luma to 8 bits
+        torch.testing.assert_close(load_image(tmp_path / "rgb.dcm", channels=channels), png, rtol=0,
+                                   atol=rounding + 1e-6)
+        # the YCbCr round trip in 8 bits costs a couple of levels
+        torch.testing.assert_close(load_image(tmp_path / "ybr.dcm", channels=channels), png, rtol=0,
+                                   atol=rounding + 3 / 255)
+    monkeypatch.setattr(pydicom, "__version__", "2.4.4")
+    with pytest.raises(UnreadableImageError, match=r"ybr\.dcm: YBR_FULL colour needs pydicom >= 3"):
+        load_image(tmp_path / "ybr.dcm")
+    with pytest.raises(ValueError, match="channels must be 1 or 3, got 2"):
+        load_image(tmp_path / "same.png", channels=2)
+
+
 def test_float_and_32_bit_tiff(tmp_path):
     # PIL's conversion to 8 bits clips: a float TIFF in [0, 1] came back as a black image
     # (values 0 and 1/255) and a 32-bit one with counts above 65535 went past 1.

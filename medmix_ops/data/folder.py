@@ -19,9 +19,13 @@ class UnreadableImageError(ValueError):
 
 
 def load_image(path, channels: int = 3) -> torch.Tensor:
-    """One image file -> float32 [channels, H, W] in [0, 1]. DICOM pixel data is rescaled from
-    its own min / max (no window assumptions); 16-bit PNG / TIFF from their bit depth, 32-bit
-    and float TIFF as ``high_depth_to_unit`` says."""
+    """One image file -> float32 [channels, H, W] in [0, 1]. Greyscale DICOM pixel data is
+    rescaled from its own min / max (no window assumptions), colour DICOM (RGB, or YBR which
+    pydicom >= 3 converts to RGB) from its BitsStored; 16-bit PNG / TIFF from their bit depth,
+    32-bit and float TIFF as ``high_depth_to_unit`` says. Colour to one channel is ITU-R 601
+    luma on every path; one channel to three is repeated."""
+    if channels not in (1, 3) or not is_int(channels):
+        raise ValueError(f"load_image: channels must be 1 or 3, got {channels!r}")
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -29,14 +33,26 @@ def load_image(path, channels: int = 3) -> torch.Tensor:
             try:
                 import pydicom
             except ImportError as e:
-                raise UnreadableImageError(f"{path}: DICOM needs pydicom (pip install pydicom)") from e
+                raise UnreadableImageError(f"{path}: DICOM needs pydicom (pip install 'pydicom>=3')") from e
             ds = pydicom.dcmread(str(path))
+            photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+            if photometric.startswith("YBR") and int(pydicom.__version__.split(".")[0]) < 3:
+                # pydicom 2 hands YCbCr back unconverted; 3 converts it to RGB
+                raise UnreadableImageError(f"{path}: {photometric} colour needs pydicom >= 3 to become RGB "
+                                           f"(found pydicom {pydicom.__version__})")
             a = ds.pixel_array.astype(np.float64)
             if int(ds.get("NumberOfFrames", 1) or 1) > 1:  # a multi-frame series: first frame
                 a = a[0]
-            a = high_depth_to_unit(a, is_float=True, force_rescale=True)
+            top = 2.0 ** int(ds.get("BitsStored", 8) or 8) - 1
+            if int(ds.get("SamplesPerPixel", 1) or 1) == 3 and a.min() >= 0 and a.max() <= top:
+                # colour (dermoscopy, ultrasound, photographs) scales by its bit depth, as the
+                # same image saved as a PNG does: a per-image min / max would change each
+                # image's brightness and colour balance
+                a = a / top
+            else:
+                a = high_depth_to_unit(a, is_float=True, force_rescale=True)
             # MONOCHROME1 stores bright as low values (many CR / DR X-rays, mammograms)
-            if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+            if photometric == "MONOCHROME1":
                 a = 1.0 - a
         else:
             from PIL import Image
@@ -53,9 +69,12 @@ def load_image(path, channels: int = 3) -> torch.Tensor:
         raise UnreadableImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
     t = torch.from_numpy(np.ascontiguousarray(a)).float()
     t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)[:3]
-    if t.shape[0] != channels:
-        t = t.mean(0, keepdim=True).expand(channels, -1, -1) if channels == 3 or t.shape[0] == 3 else t
-        t = t[:channels] if t.shape[0] > channels else t
+    if t.shape[0] == 3 and channels == 1:
+        # ITU-R 601 luma, what PIL's convert("L") gives PNG / JPEG, so a colour DICOM and the
+        # same image as a PNG load alike
+        t = (t * t.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, keepdim=True)
+    elif t.shape[0] == 1 and channels == 3:
+        t = t.expand(3, -1, -1)
     return t.contiguous()
 
 
