@@ -60,7 +60,7 @@ def _cmd_fidelity(args) -> int:
     return 0
 
 
-def _load_data(spec: str, size: int, n: int, seed: int):
+def _load_data(spec: str, size: int, n: int, seed: int, intensity: str = "bit_depth"):
     """--data synthlesion | an ImageFolder directory | a MedMNIST .npz file."""
     from .data import ImageFolder, MedMNIST, SynthLesion
 
@@ -75,7 +75,8 @@ def _load_data(spec: str, size: int, n: int, seed: int):
     from .train.data import split_folders
 
     splits = split_folders(Path(spec)) if Path(spec).is_dir() else None
-    ds = ImageFolder(splits[0] if splits else spec, size=size)  # a split tree: its train/ part
+    # a split tree: its train/ part
+    ds = ImageFolder(splits[0] if splits else spec, size=size, intensity=intensity)
     return ds, ds.classes
 
 
@@ -86,7 +87,7 @@ def _cmd_preview(args) -> int:
     from .policies import make_policy
     from .preview import save_policy_preview
 
-    ds, names = _load_data(args.data, args.size, args.n, args.seed)
+    ds, names = _load_data(args.data, args.size, args.n, args.seed, args.intensity)
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(ds), generator=g)[:max(args.n, 2)].tolist()
     items = [ds[i] for i in idx]
@@ -210,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.set_defaults(func=_cmd_bench)
 
     from .train import classifier as _tc, generator as _tg
+    from .train.data import add_intensity_argument
 
     tc = sub.add_parser("train-classifier", help="train a timm classifier with a mixing policy")
     _tc.add_arguments(tc)
@@ -240,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--size", type=_positive_int, default=64, help="image side (default: 64)")
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("-o", "--out", default="preview.png", help="PNG path (default: preview.png)")
+    add_intensity_argument(pv)
     pv.set_defaults(func=_cmd_preview)
     return p
 

@@ -210,6 +210,32 @@ def test_colour_dicom_loads_like_the_same_png(tmp_path, monkeypatch):
         load_image(tmp_path / "same.png", channels=2)
 
 
+def test_intensity_min_max(tmp_path):
+    # 12-bit data in a 16-bit PNG loads at most 4095 / 65535 bright by bit depth; min_max
+    # stretches each image over [0, 1] (over all its channels, so colours keep their balance)
+    Image.fromarray((np.arange(20 * 30).reshape(20, 30) * 4095 // 599 + 7).astype(np.uint16)).save(tmp_path / "x.png")
+    assert float(load_image(tmp_path / "x.png", 1).max()) == pytest.approx(4102 / 65535, rel=1e-6)
+    got = load_image(tmp_path / "x.png", 1, intensity="min_max")
+    want = (np.arange(600).reshape(20, 30) * 4095 // 599) / 4095
+    assert got.shape == (1, 20, 30) and np.allclose(got[0].numpy(), want, atol=1e-6)
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 100, 50, 150
+    rgb[0, 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    got = load_image(tmp_path / "c.png", 3, intensity="min_max")
+    assert got[:, 1, 1].tolist() == pytest.approx([50 / 150, 0.0, 100 / 150]) and float(got.max()) == 1.0
+    Image.fromarray(np.full((3, 3), 9, np.uint8)).save(tmp_path / "flat.png")
+    assert load_image(tmp_path / "flat.png", 1, intensity="min_max").abs().max() == 0  # zeros, not NaN
+    root = tmp_path / "tree"
+    (root / "a").mkdir(parents=True)
+    shutil.copy(tmp_path / "x.png", root / "a" / "x.png")
+    assert float(ImageFolder(root, channels=1, intensity="min_max")[0][0].max()) == 1.0
+    with pytest.raises(ValueError, match=r"ImageFolder: intensity must be one of \('bit_depth', 'min_max'\), got 'auto'"):
+        ImageFolder(root, intensity="auto")
+    with pytest.raises(ValueError, match="load_image: intensity must be one of"):
+        load_image(tmp_path / "x.png", intensity=None)
+
+
 def test_float_and_32_bit_tiff(tmp_path):
     # PIL's conversion to 8 bits clips: a float TIFF in [0, 1] came back as a black image
     # (values 0 and 1/255) and a 32-bit one with counts above 65535 went past 1.

@@ -395,6 +395,38 @@ def test_a_presplit_folder_keeps_its_splits(tmp_path):
         build_datasets(str(tmp_path / "f"), 16)
 
 
+def test_intensity_min_max_reaches_the_folder_and_must_match_on_resume(tmp_path):
+    from PIL import Image
+
+    from medmix_ops.train.data import build_datasets
+
+    root = tmp_path / "xray"
+    for c in ("normal", "effusion"):
+        (root / c).mkdir(parents=True)
+        for i in range(6):  # 12-bit data in a 16-bit PNG
+            Image.fromarray((np.arange(64).reshape(8, 8) * 64 + i).astype(np.uint16)).save(root / c / f"{i}.png")
+    train, _, _, _ = build_datasets(str(root), 8)
+    assert float(train[0][0].max()) == pytest.approx((63 * 64 + train.ds.indices[0] % 6) / 65535, abs=1e-6)
+    train, _, _, _ = build_datasets(str(root), 8, intensity="min_max")
+    assert float(train[0][0].min()) == 0.0 and float(train[0][0].max()) == 1.0
+    cfg = ClassifierConfig(data=str(root), steps=2, intensity="min_max", **dict(SMALL, batch_size=4))
+    train_classifier(cfg, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="trained with intensity='min_max', this run uses intensity='bit_depth'"):
+        train_classifier(dataclasses.replace(cfg, steps=3, intensity="bit_depth"), str(tmp_path / "run"), resume=True)
+    # a checkpoint written before the key existed was a bit-depth run
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    del ck["config"]["intensity"]
+    torch.save(ck, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="trained with intensity='bit_depth', this run uses intensity='min_max'"):
+        train_classifier(dataclasses.replace(cfg, steps=3), str(tmp_path / "run"), resume=True)
+    assert train_classifier(dataclasses.replace(cfg, steps=3, intensity="bit_depth"), str(tmp_path / "run"),
+                            resume=True)["samples"] > 0
+    from medmix_ops.train.classifier import validate_config
+
+    with pytest.raises(ValueError, match=r"--intensity must be one of \('bit_depth', 'min_max'\), got 'minmax'"):
+        validate_config(dataclasses.replace(cfg, intensity="minmax"))
+
+
 def test_a_single_folder_is_split_per_class(tmp_path):
     from medmix_ops.train.data import build_datasets, stratified_split
 

@@ -12,20 +12,32 @@ from .._validation import is_int
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
+INTENSITY_MODES = ("bit_depth", "min_max")
 
 
 class UnreadableImageError(ValueError):
     """A file that cannot be decoded as an image; the message names the file and the reason."""
 
 
-def load_image(path, channels: int = 3) -> torch.Tensor:
+def _check_intensity(owner: str, intensity) -> None:
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"{owner}: intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+
+
+def load_image(path, channels: int = 3, intensity: str = "bit_depth") -> torch.Tensor:
     """One image file -> float32 [channels, H, W] in [0, 1]. Greyscale DICOM pixel data is
     rescaled from its own min / max (no window assumptions), colour DICOM (RGB, or YBR which
     pydicom >= 3 converts to RGB) from its BitsStored; 16-bit PNG / TIFF from their bit depth,
     32-bit and float TIFF as ``high_depth_to_unit`` says. Colour to one channel is ITU-R 601
-    luma on every path; one channel to three is repeated."""
+    luma on every path; one channel to three is repeated.
+
+    ``intensity="min_max"`` instead rescales every image from its own min / max (over all its
+    channels): for data whose values fill only part of their container, such as 12-bit X-rays
+    saved as 16-bit PNG, which by bit depth load at most 4095 / 65535 bright. A constant image
+    gives zeros."""
     if channels not in (1, 3) or not is_int(channels):
         raise ValueError(f"load_image: channels must be 1 or 3, got {channels!r}")
+    _check_intensity("load_image", intensity)
     path = Path(path)
     suffix = path.suffix.lower()
     try:
@@ -67,6 +79,8 @@ def load_image(path, channels: int = 3) -> torch.Tensor:
         raise
     except Exception as e:  # noqa: BLE001 - every decoder error becomes one clear message
         raise UnreadableImageError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+    if intensity == "min_max":
+        a = high_depth_to_unit(a, is_float=True, force_rescale=True)
     t = torch.from_numpy(np.ascontiguousarray(a)).float()
     t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)[:3]
     if t.shape[0] == 3 and channels == 1:
@@ -111,9 +125,11 @@ class ImageFolder(torch.utils.data.Dataset):
     files are left out. ``size`` resizes (bilinear, antialiased). An
     unreadable file raises ``UnreadableImageError`` naming it. With ``skip_bad=True`` the folder
     is checked once up front, bad files are left out, and ``skipped`` lists them.
+    ``intensity``: "bit_depth" (default) or "min_max", as ``load_image`` says.
     """
 
-    def __init__(self, root, size: int | None = None, channels: int = 3, skip_bad: bool = False):
+    def __init__(self, root, size: int | None = None, channels: int = 3, skip_bad: bool = False,
+                 intensity: str = "bit_depth"):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"ImageFolder: {self.root} is not a directory")
@@ -121,6 +137,8 @@ class ImageFolder(torch.utils.data.Dataset):
             raise ValueError(f"ImageFolder: channels must be 1 or 3, got {channels}")
         if size is not None and (not is_int(size) or size < 1):
             raise ValueError(f"ImageFolder: size must be a positive int or None, got {size!r}")
+        _check_intensity("ImageFolder", intensity)
+        self.intensity = intensity
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not _hidden(d.name))
         if not self.classes:
             raise ValueError(f"ImageFolder: {self.root} has no class sub-folders (expected root/<class>/<image>)")
@@ -136,7 +154,7 @@ class ImageFolder(torch.utils.data.Dataset):
             good = []
             for f, c in self.samples:
                 try:
-                    load_image(f, channels)
+                    load_image(f, channels, intensity)
                     good.append((f, c))
                 except UnreadableImageError as e:
                     self.skipped.append(str(e))
@@ -170,7 +188,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         f, c = self.samples[i]
-        img = load_image(f, self.channels)
+        img = load_image(f, self.channels, self.intensity)
         if self.size is not None and img.shape[-2:] != (self.size, self.size):
             img = F.interpolate(img[None], size=(self.size, self.size), mode="bilinear",
                                 align_corners=False, antialias=True)[0].clamp(0, 1)

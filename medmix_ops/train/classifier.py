@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .common import (Batches, CHECKPOINT, FiniteLosses, Logger, ResumableSampler, Runtime, gather_rng_states,
                      load_checkpoint, refuse_to_overwrite, rng_state, save_checkpoint, seed_everything,
                      set_rng_state, timer, write_json)
-from .data import build_datasets
+from .data import add_intensity_argument, build_datasets
 from .metrics import classification_metrics, save_confusion_png
 
 
@@ -43,12 +43,14 @@ class ClassifierConfig:
     weights: str | None = None
     generator: str | None = None
     skip_bad: bool = False
+    intensity: str = "bit_depth"  # ImageFolder images: scaled by bit depth or per-image min / max
     model_kwargs: dict = field(default_factory=dict)
     progress: bool = True
     stop_after: int | None = None  # stop (with a checkpoint) at this step: time-limited jobs
 
     # settings that must match for --resume to continue the same run
-    RESUME_KEYS = ("data", "model", "policy", "img_size", "batch_size", "seed", "imbalance", "n_train")
+    RESUME_KEYS = ("data", "model", "policy", "img_size", "batch_size", "seed", "imbalance", "n_train",
+                   "intensity")
 
 
 def model_kwargs_for(name: str, img_size: int) -> dict:
@@ -127,7 +129,7 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
     seed_everything(cfg.seed)
     train_ds, test_ds, names, info = build_datasets(cfg.data, cfg.img_size, imbalance=cfg.imbalance,
                                                     n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
-                                                    skip_bad=cfg.skip_bad)
+                                                    skip_bad=cfg.skip_bad, intensity=cfg.intensity)
     if info.get("skipped") and rt.main:
         print(f"skipped {len(info['skipped'])} unreadable images (first: {info['skipped'][0]})")
     K = len(names)
@@ -281,6 +283,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a local weights file for the model (never downloaded)")
     p.add_argument("--generator", help="a generator checkpoint (train-generator) for varimix / genmix / meddiffusemix")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (counted)")
+    add_intensity_argument(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--stop-after", type=int, help="stop at this step with a checkpoint (for time-limited "
@@ -294,7 +297,7 @@ def config_from_args(args) -> ClassifierConfig:
                            imbalance=args.imbalance, n_train=args.n_train, n_test=args.n_test,
                            num_workers=args.num_workers, amp=not args.no_amp, device=args.device,
                            ckpt_every=args.ckpt_every, log_every=args.log_every, weights=args.weights,
-                           generator=args.generator, skip_bad=args.skip_bad,
+                           generator=args.generator, skip_bad=args.skip_bad, intensity=args.intensity,
                            model_kwargs=_json_dict(args.model_kwargs), stop_after=args.stop_after)
     validate_config(cfg)
     return cfg
@@ -324,6 +327,10 @@ def validate_config(cfg: ClassifierConfig) -> None:
         raise ValueError(f"--stop-after must be >= 1, got {cfg.stop_after}")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
+    from ..data.folder import INTENSITY_MODES
+
+    if cfg.intensity not in INTENSITY_MODES:
+        raise ValueError(f"--intensity must be one of {INTENSITY_MODES}, got {cfg.intensity!r}")
     if cfg.policy != "none" and cfg.policy not in POLICIES:
         raise ValueError(f"--policy must be none or one of {', '.join(POLICIES)}, got {cfg.policy!r}")
     if cfg.lr <= 0 or not math.isfinite(cfg.lr):

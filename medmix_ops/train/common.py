@@ -193,6 +193,10 @@ def refuse_to_overwrite(out: Path, resume: bool) -> None:
                               "or choose another --out")
 
 
+# Resume keys added after checkpoints were already written, with the value those runs had.
+RESUME_KEY_DEFAULTS = {"intensity": "bit_depth"}
+
+
 def load_checkpoint(path: Path, expect_kind: str, expect: dict | None = None) -> dict:
     """Loads with weights_only=True (no code runs from the file) and refuses a checkpoint of
     another kind or configuration, saying why."""
@@ -210,7 +214,7 @@ def load_checkpoint(path: Path, expect_kind: str, expect: dict | None = None) ->
     if ckpt["kind"] != expect_kind:
         raise ValueError(f"{path} is a {ckpt['kind']!r} checkpoint, not {expect_kind!r}")
     for key, want in (expect or {}).items():
-        have = ckpt.get("config", {}).get(key)
+        have = ckpt.get("config", {}).get(key, RESUME_KEY_DEFAULTS.get(key))
         if have != want:
             raise ValueError(f"{path} was trained with {key}={have!r}, this run uses {key}={want!r}; "
                              "refusing to resume it")

@@ -64,7 +64,7 @@ def _tail_class(cfg: ClassifierConfig) -> int:
     from .data import build_datasets
 
     _, _, names, info = build_datasets(cfg.data, cfg.img_size, imbalance=cfg.imbalance, n_train=cfg.n_train,
-                                       n_test=1, seed=cfg.seed)
+                                       n_test=1, seed=cfg.seed, skip_bad=cfg.skip_bad, intensity=cfg.intensity)
     counts = np.bincount(np.asarray(info["labels"]), minlength=len(names))
     return int(np.argmin(counts))
 

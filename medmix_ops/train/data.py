@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..data import ImageFolder, MedMNIST, SynthLesion
+from ..data.folder import INTENSITY_MODES
 
 
 class Pairs(torch.utils.data.Dataset):
@@ -29,12 +30,21 @@ class Pairs(torch.utils.data.Dataset):
         return [self[i] for i in indices]
 
 
+def add_intensity_argument(p) -> None:
+    """--intensity for commands that read an ImageFolder tree."""
+    p.add_argument("--intensity", default="bit_depth", choices=INTENSITY_MODES,
+                   help="ImageFolder pixel scaling: by bit depth (8-bit / 255, 16-bit / 65535; default) or "
+                        "each image's own min / max (e.g. 12-bit X-rays saved as 16-bit PNG)")
+
+
 def build_datasets(spec: str, img_size: int, *, imbalance: float | None = None, n_train: int = 2048,
-                   n_test: int = 512, seed: int = 0, skip_bad: bool = False, test_fraction: float = 0.2):
+                   n_test: int = 512, seed: int = 0, skip_bad: bool = False, test_fraction: float = 0.2,
+                   intensity: str = "bit_depth"):
     """(train, test, class names, info). spec: "synthlesion", an ImageFolder directory, or a
     MedMNIST .npz. SynthLesion's test split is balanced and drawn from another seed. A folder
     split as root/train/<class>/ + root/test/<class>/ (or val/) is used as it is; a single
-    root/<class>/ tree is split per class (stratified_split)."""
+    root/<class>/ tree is split per class (stratified_split). intensity: ImageFolder's
+    ("bit_depth" or "min_max"); other sources ignore it."""
     if spec == "synthlesion":
         train = SynthLesion(n_train, size=img_size, seed=seed, imbalance=imbalance)
         test = SynthLesion(n_test, size=img_size, seed=seed + 100_000)
@@ -51,7 +61,7 @@ def build_datasets(spec: str, img_size: int, *, imbalance: float | None = None, 
                                 "ImageFolder directory or a MedMNIST .npz)")
     splits = split_folders(path)
     if splits is not None:
-        train, test = (ImageFolder(d, size=img_size, skip_bad=skip_bad) for d in splits)
+        train, test = (ImageFolder(d, size=img_size, skip_bad=skip_bad, intensity=intensity) for d in splits)
         if train.classes != test.classes:
             raise ValueError(f"--data {spec}: {splits[0].name}/ has classes {train.classes} but "
                              f"{splits[1].name}/ has {test.classes}; they must match")
@@ -60,7 +70,7 @@ def build_datasets(spec: str, img_size: int, *, imbalance: float | None = None, 
             test.check_headers()
         info = dict(labels=train.labels, skipped=train.skipped + test.skipped)
         return Pairs(train), Pairs(test), train.classes, info
-    full = ImageFolder(path, size=img_size, skip_bad=skip_bad)
+    full = ImageFolder(path, size=img_size, skip_bad=skip_bad, intensity=intensity)
     if not skip_bad:
         full.check_headers()
     train_idx, test_idx = stratified_split(full.labels, test_fraction, seed)

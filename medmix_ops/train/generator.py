@@ -15,7 +15,7 @@ from .._transfer import to_device
 from .common import (Batches, CHECKPOINT, EMA, FiniteLosses, Logger, ResumableSampler, Runtime, gather_rng_states,
                      load_checkpoint, refuse_to_overwrite, rng_state, save_checkpoint, seed_everything,
                      set_rng_state, write_json)
-from .data import build_datasets
+from .data import add_intensity_argument, build_datasets
 
 
 @dataclass
@@ -40,6 +40,7 @@ class GeneratorConfig:
     log_every: int = 10
     sample_every: int = 0
     skip_bad: bool = False
+    intensity: str = "bit_depth"  # ImageFolder images: scaled by bit depth or per-image min / max
     progress: bool = True
     stop_after: int | None = None  # stop (with a checkpoint) at this step: time-limited jobs
     # i2i loss weights (StarGAN v2's)
@@ -48,7 +49,8 @@ class GeneratorConfig:
     lambda_ds: float = 1.0
     lambda_cyc: float = 1.0
 
-    RESUME_KEYS = ("kind", "data", "img_size", "batch_size", "seed", "width", "channels", "num_classes", "T")
+    RESUME_KEYS = ("kind", "data", "img_size", "batch_size", "seed", "width", "channels", "num_classes", "T",
+                   "intensity")
 
 
 def train_generator(cfg: GeneratorConfig, out: str, resume: bool = False) -> dict:
@@ -67,7 +69,8 @@ def _train(cfg: GeneratorConfig, out: Path, resume: bool, rt: Runtime) -> dict:
         raise ValueError(f"--kind must be one of {KINDS}, got {cfg.kind!r}")
     seed_everything(cfg.seed)
     train_ds, _, names, info = build_datasets(cfg.data, cfg.img_size, imbalance=cfg.imbalance,
-                                              n_train=cfg.n_train, n_test=1, seed=cfg.seed, skip_bad=cfg.skip_bad)
+                                              n_train=cfg.n_train, n_test=1, seed=cfg.seed, skip_bad=cfg.skip_bad,
+                                              intensity=cfg.intensity)
     cfg.num_classes = len(names)
     models = {k: m.to(rt.device) for k, m in build_generator_models(cfg.kind, cfg.num_classes, cfg.img_size,
                                                                      cfg.channels, cfg.width).items()}
@@ -280,6 +283,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--skip-bad", action="store_true")
+    add_intensity_argument(p)
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--stop-after", type=int, help="stop at this step with a checkpoint; --resume continues")
@@ -290,7 +294,8 @@ def config_from_args(args) -> GeneratorConfig:
                           steps=args.steps, lr=args.lr, seed=args.seed, imbalance=args.imbalance,
                           n_train=args.n_train, width=args.width, device=args.device, amp=not args.no_amp,
                           ckpt_every=args.ckpt_every,
-                          log_every=args.log_every, skip_bad=args.skip_bad, stop_after=args.stop_after)
+                          log_every=args.log_every, skip_bad=args.skip_bad, intensity=args.intensity,
+                          stop_after=args.stop_after)
     for name in ("img_size", "batch_size", "steps", "n_train", "width", "ckpt_every", "log_every", "stop_after"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
