@@ -427,6 +427,52 @@ def test_intensity_min_max_reaches_the_folder_and_must_match_on_resume(tmp_path)
         validate_config(dataclasses.replace(cfg, intensity="minmax"))
 
 
+def _chest_like_npz(path, n_train=40, n_test=24, K=5):
+    """A ChestMNIST-shaped multi-label file: 28 x 28 grey images, labels [N, K] of 0 / 1."""
+    rng = np.random.default_rng(0)
+    lab = lambda n: (rng.random((n, K)) < [0.5, 0.3, 0.2, 0.1, 0.05][:K]).astype(np.uint8)  # noqa: E731
+    np.savez(path, train_images=(rng.random((n_train, 28, 28)) * 255).astype(np.uint8), train_labels=lab(n_train),
+             test_images=(rng.random((n_test, 28, 28)) * 255).astype(np.uint8), test_labels=lab(n_test))
+    return str(path)
+
+
+def test_multi_label_medmnist_trains_with_per_label_sigmoids(tmp_path):
+    data = _chest_like_npz(tmp_path / "chest.npz")
+    for policy in ("mixup", "spmix"):  # "none" and cutmix run in the compare below
+        m = train_classifier(ClassifierConfig(data=data, policy=policy, steps=2, **dict(SMALL, batch_size=6)),
+                             str(tmp_path / policy))
+        assert m["multi_label"] and len(m["per_class_auroc"]) == 5 and len(m["label_confusion"]) == 5
+        assert all(sum(map(sum, c)) == 24 for c in m["label_confusion"])
+        assert not (tmp_path / policy / "confusion.png").exists()
+    with pytest.raises(ValueError, match="--policy varimix needs one class per image; .*chest.npz is multi-label"):
+        train_classifier(ClassifierConfig(data=data, policy="varimix", steps=1, **SMALL), str(tmp_path / "v"))
+    with pytest.raises(ValueError, match="is multi-label; the generators are conditioned on one class"):
+        train_generator(GeneratorConfig(kind="dcgan", data=data, steps=1, img_size=32, batch_size=4, width=8,
+                                        progress=False), str(tmp_path / "g"))
+    rc = cli.main(["compare", "--data", data, "--policies", "none,cutmix", "--seeds", "1", "--steps", "2",
+                   "--img-size", "32", "--batch-size", "6", "--out", str(tmp_path / "cmp")])
+    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert rc == 0 and result["tail_class"] == 4  # the label with the fewest positives
+
+
+def test_multilabel_metrics_by_hand():
+    from medmix_ops.train.metrics import auroc_binary, multilabel_metrics
+
+    probs = torch.tensor([[0.9, 0.2, 0.6], [0.4, 0.7, 0.1], [0.8, 0.4, 0.3], [0.3, 0.6, 0.2]])
+    labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 1, 0]], dtype=torch.float32)
+    m = multilabel_metrics(probs, labels)
+    # label 0: pred 1,0,1,0 vs 1,1,0,0 -> tn 1, fp 1, fn 1, tp 1; label 1: pred 0,1,0,1 = truth;
+    # label 2 (no positives): pred 1,0,0,0 -> tn 3, fp 1
+    assert m["label_confusion"] == [[[1, 1], [1, 1]], [[2, 0], [0, 2]], [[3, 1], [0, 0]]]
+    assert m["accuracy"] == pytest.approx(9 / 12)
+    assert m["per_class_recall"] == [0.5, 1.0, None]
+    assert m["balanced_accuracy"] == pytest.approx(((0.5 + 0.5) / 2 + 1.0) / 2)  # labels with both kinds
+    assert m["macro_f1"] == pytest.approx((0.5 + 1.0) / 2)
+    p, y = probs.double().numpy(), labels.numpy() > 0.5
+    assert m["per_class_auroc"][:2] == pytest.approx([auroc_binary(p[:, k], y[:, k]) for k in range(2)])
+    assert m["per_class_auroc"][2] is None and m["auroc"] == pytest.approx(np.mean(m["per_class_auroc"][:2]))
+
+
 def test_a_single_folder_is_split_per_class(tmp_path):
     from medmix_ops.train.data import build_datasets, stratified_split
 

@@ -14,7 +14,7 @@ from .common import (Batches, CHECKPOINT, FiniteLosses, Logger, ResumableSampler
                      load_checkpoint, refuse_to_overwrite, rng_state, save_checkpoint, seed_everything,
                      set_rng_state, timer, write_json)
 from .data import add_intensity_argument, build_datasets
-from .metrics import classification_metrics, save_confusion_png
+from .metrics import classification_metrics, multilabel_metrics, save_confusion_png
 
 
 @dataclass
@@ -98,11 +98,25 @@ def build_policy(cfg: ClassifierConfig, num_classes: int, info: dict, model):
             kwargs["generator"] = gen.inpainter()
     if cfg.policy == "meddiffusemix":
         kwargs["model"] = model
+    if cfg.policy == "spmix" and info.get("multi_label"):
+        kwargs["partner"] = "randperm"  # class-balanced pairing and tail orientation need one class each
     return make_policy(cfg.policy, num_classes, dataset=info.get("synthlesion"), **kwargs)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.sum(-target * F.log_softmax(logits.float(), dim=1), dim=1).mean()
+
+
+def multilabel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy per label against the mixed targets [B, K] in [0, 1] (a mixed
+    multi-hot target is a per-label probability), averaged over B and K."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+# Policies that mix multi-label targets as they are. The others need one class per image: a
+# translator toward the partner's class (varimix), class-conditional generation (genmix) or
+# the classifier's saliency for the label (meddiffusemix).
+MULTI_LABEL_POLICIES = ("none", "mixup", "cutmix", "saliencymix", "spmix")
 
 
 def lr_at(step: int, cfg: ClassifierConfig, total: int) -> float:
@@ -133,6 +147,11 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
     if info.get("skipped") and rt.main:
         print(f"skipped {len(info['skipped'])} unreadable images (first: {info['skipped'][0]})")
     K = len(names)
+    multi_label = bool(info.get("multi_label"))
+    if multi_label and cfg.policy not in MULTI_LABEL_POLICIES:
+        raise ValueError(f"--policy {cfg.policy} needs one class per image; {cfg.data} is multi-label "
+                         f"(use one of {', '.join(MULTI_LABEL_POLICIES)})")
+    loss_of = multilabel_loss if multi_label else soft_cross_entropy
     model = create_model(cfg, K).to(rt.device)
     if rt.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -188,11 +207,13 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
             # the host labels: the policy range-checks them for free and moves them without
             # a sync (labels already on a GPU would cost one per step to check)
             x, target = policy(x, y_host, generator=policy_gen)
+        elif multi_label:
+            target = y_host.to(rt.device, non_blocking=True).float()
         else:
             target = F.one_hot(y_host.to(rt.device, non_blocking=True), K).float()
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=amp):
             logits = ddp_model(x)
-        loss = soft_cross_entropy(logits, target)
+        loss = loss_of(logits, target)
         watch.update(step + 1, loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,11 +237,12 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
         if rt.main:
             print(f"stopped at step {step} of {total}; continue with --resume")
         return dict(stopped_at=step, steps=total)
-    metrics = evaluate(model, test_ds, K, rt, cfg) if rt.main else {}
+    metrics = evaluate(model, test_ds, K, rt, cfg, multi_label) if rt.main else {}
     if rt.main:
         metrics = dict(metrics, classes=names, steps=total, policy=cfg.policy, model=cfg.model)
         write_json(out / "metrics.json", metrics)
-        save_confusion_png(metrics["confusion_matrix"], names, out / "confusion.png")
+        if not multi_label:
+            save_confusion_png(metrics["confusion_matrix"], names, out / "confusion.png")
     rt.barrier()
     return metrics
 
@@ -236,8 +258,9 @@ def _checkpoint(out, cfg, rt, model, opt, sched, sampler_state, step, policy_gen
 
 
 @torch.no_grad()
-def evaluate(model, test_ds, K, rt, cfg) -> dict:
-    """Test-set metrics (classification_metrics) of ``model`` on the main process."""
+def evaluate(model, test_ds, K, rt, cfg, multi_label: bool = False) -> dict:
+    """Test-set metrics of ``model`` on the main process: classification_metrics of softmax
+    probabilities, or multilabel_metrics of per-label sigmoids."""
     model.eval()
     cuda = rt.device.type == "cuda"
     loader = torch.utils.data.DataLoader(test_ds, batch_size=max(64, cfg.batch_size),
@@ -249,9 +272,11 @@ def evaluate(model, test_ds, K, rt, cfg) -> dict:
         x = x.to(rt.device, non_blocking=True)
         with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cfg.amp and cuda):
             logits = model(x)
-        probs.append(logits.float().softmax(1))
+        probs.append(logits.float().sigmoid() if multi_label else logits.float().softmax(1))
         labels.append(torch.as_tensor(y))
     model.train()
+    if multi_label:
+        return multilabel_metrics(torch.cat(probs).cpu(), torch.cat(labels))
     return classification_metrics(torch.cat(probs).cpu(), torch.cat(labels), K)
 
 

@@ -60,12 +60,14 @@ def _balanced_accuracy(metrics: dict) -> float:
 
 
 def _tail_class(cfg: ClassifierConfig) -> int:
-    """The rarest training class (the last one for SynthLesion's imbalance)."""
+    """The rarest training class (the last one for SynthLesion's imbalance); for multi-label
+    data the label with the fewest positives."""
     from .data import build_datasets
 
     _, _, names, info = build_datasets(cfg.data, cfg.img_size, imbalance=cfg.imbalance, n_train=cfg.n_train,
                                        n_test=1, seed=cfg.seed, skip_bad=cfg.skip_bad, intensity=cfg.intensity)
-    counts = np.bincount(np.asarray(info["labels"]), minlength=len(names))
+    labels = np.asarray(info["labels"])
+    counts = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=len(names))
     return int(np.argmin(counts))
 
 

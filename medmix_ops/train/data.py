@@ -52,10 +52,9 @@ def build_datasets(spec: str, img_size: int, *, imbalance: float | None = None, 
     path = Path(spec)
     if spec.endswith(".npz"):
         train, test = MedMNIST(path, "train"), MedMNIST(path, "test")
-        if train.multi_label:
-            raise ValueError(f"{path}: multi-label MedMNIST files are not supported by train-classifier yet")
+        # multi-label files (ChestMNIST): labels [N, K] of 0 / 1, one sigmoid per label
         return (Pairs(Resized(train, img_size)), Pairs(Resized(test, img_size)),
-                [str(c) for c in range(train.num_classes)], dict(labels=train.labels))
+                [str(c) for c in range(train.num_classes)], dict(labels=train.labels, multi_label=train.multi_label))
     if not path.exists():
         raise FileNotFoundError(f"--data {spec}: no such file or directory (use synthlesion, an "
                                 "ImageFolder directory or a MedMNIST .npz)")

@@ -71,6 +71,9 @@ def _train(cfg: GeneratorConfig, out: Path, resume: bool, rt: Runtime) -> dict:
     train_ds, _, names, info = build_datasets(cfg.data, cfg.img_size, imbalance=cfg.imbalance,
                                               n_train=cfg.n_train, n_test=1, seed=cfg.seed, skip_bad=cfg.skip_bad,
                                               intensity=cfg.intensity)
+    if info.get("multi_label"):
+        raise ValueError(f"--data {cfg.data} is multi-label; the generators are conditioned on one class "
+                         "per image")
     cfg.num_classes = len(names)
     models = {k: m.to(rt.device) for k, m in build_generator_models(cfg.kind, cfg.num_classes, cfg.img_size,
                                                                      cfg.channels, cfg.width).items()}

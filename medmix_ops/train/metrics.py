@@ -1,5 +1,6 @@
 """Classification metrics on a held-out split: accuracy, balanced accuracy, macro-F1, one-vs-rest
-AUROC, per-class recall and the confusion matrix (also as a PNG)."""
+AUROC, per-class recall and the confusion matrix (also as a PNG); per-label ones for
+multi-label data."""
 from __future__ import annotations
 
 import numpy as np
@@ -48,6 +49,40 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, num_classe
                 per_class_auroc=[None if np.isnan(a) else float(a) for a in auc],
                 per_class_recall=[None if np.isnan(r) else float(r) for r in recall],
                 confusion_matrix=cm.tolist(), samples=int(len(y)))
+
+
+def multilabel_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Metrics of independent per-label probabilities [N, K] against 0 / 1 targets [N, K]
+    (ChestMNIST-style multi-label data), each label thresholded at 0.5. ``accuracy`` is the
+    mean over all N x K decisions (MedMNIST's multi-label ACC); ``balanced_accuracy`` the mean
+    over labels of (sensitivity + specificity) / 2; ``macro_f1``, ``per_class_recall`` and
+    ``per_class_auroc`` are per label, over the labels with positives (recall, F1) or with
+    both positives and negatives (AUROC, balanced accuracy) in the test set.
+    ``label_confusion`` holds each label's [[tn, fp], [fn, tp]]."""
+    p = probs.double().cpu().numpy()
+    y = labels.cpu().numpy() > 0.5
+    pred = p >= 0.5
+    tp, fp = (pred & y).sum(0), (pred & ~y).sum(0)
+    fn, tn = (~pred & y).sum(0), (~pred & ~y).sum(0)
+    pos, neg = tp + fn, tn + fp
+    recall = np.where(pos > 0, tp / np.maximum(pos, 1), np.nan)
+    specificity = np.where(neg > 0, tn / np.maximum(neg, 1), np.nan)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+    f1 = np.where(precision + np.nan_to_num(recall) > 0,
+                  2 * precision * np.nan_to_num(recall) / np.maximum(precision + np.nan_to_num(recall), 1e-12), 0.0)
+    auc = np.array([auroc_binary(p[:, k], y[:, k]) for k in range(p.shape[1])])
+    both = (pos > 0) & (neg > 0)
+
+    def mean_or_nan(v):
+        return float(np.mean(v)) if len(v) else float("nan")
+
+    return dict(accuracy=float((pred == y).mean()),
+                balanced_accuracy=mean_or_nan(((recall + specificity) / 2)[both]),
+                macro_f1=mean_or_nan(f1[pos > 0]), auroc=mean_or_nan(auc[both]),
+                per_class_auroc=[None if np.isnan(a) else float(a) for a in auc],
+                per_class_recall=[None if np.isnan(r) else float(r) for r in recall],
+                label_confusion=[[[int(tn[k]), int(fp[k])], [int(fn[k]), int(tp[k])]] for k in range(len(tp))],
+                multi_label=True, samples=int(len(y)))
 
 
 def save_confusion_png(cm, class_names, path) -> None:
