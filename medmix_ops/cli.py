@@ -121,11 +121,14 @@ def _cmd_train_classifier(args) -> int:
     from .train.classifier import config_from_args, train_classifier
 
     metrics = train_classifier(config_from_args(args), args.out, resume=args.resume)
-    if metrics:
+    # no metrics on other DDP ranks, nor for a run stopped by --stop-after (it said so)
+    if metrics and "accuracy" in metrics:
+        per = "per-label" if metrics.get("multi_label") else "per-class"
         print(f"accuracy {metrics['accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, "
               f"macro-F1 {metrics['macro_f1']:.3f}, AUROC {metrics['auroc']:.3f}; "
-              f"per-class recall {[None if r is None else round(r, 3) for r in metrics['per_class_recall']]}")
-        print(f"metrics: {args.out}/metrics.json, confusion matrix: {args.out}/confusion.png")
+              f"{per} recall {[None if r is None else round(r, 3) for r in metrics['per_class_recall']]}")
+        print(f"metrics: {args.out}/metrics.json"
+              + ("" if metrics.get("multi_label") else f", confusion matrix: {args.out}/confusion.png"))
     return 0
 
 

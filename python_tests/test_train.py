@@ -436,7 +436,7 @@ def _chest_like_npz(path, n_train=40, n_test=24, K=5):
     return str(path)
 
 
-def test_multi_label_medmnist_trains_with_per_label_sigmoids(tmp_path):
+def test_multi_label_medmnist_trains_with_per_label_sigmoids(tmp_path, capsys):
     data = _chest_like_npz(tmp_path / "chest.npz")
     for policy in ("mixup", "spmix"):  # "none" and cutmix run in the compare below
         m = train_classifier(ClassifierConfig(data=data, policy=policy, steps=2, **dict(SMALL, batch_size=6)),
@@ -444,6 +444,15 @@ def test_multi_label_medmnist_trains_with_per_label_sigmoids(tmp_path):
         assert m["multi_label"] and len(m["per_class_auroc"]) == 5 and len(m["label_confusion"]) == 5
         assert all(sum(map(sum, c)) == 24 for c in m["label_confusion"])
         assert not (tmp_path / policy / "confusion.png").exists()
+    # the CLI: a run stopped by --stop-after prints no summary (it used to raise KeyError there)
+    out = tmp_path / "cli"
+    args = ["train-classifier", "--data", data, "--steps", "3", "--img-size", "32", "--batch-size", "6",
+            "--out", str(out)]
+    assert cli.main(args + ["--stop-after", "1"]) == 0
+    assert "stopped at step 1 of 3" in capsys.readouterr().out
+    assert cli.main(args + ["--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "per-label recall" in printed and "confusion" not in printed
     with pytest.raises(ValueError, match="--policy varimix needs one class per image; .*chest.npz is multi-label"):
         train_classifier(ClassifierConfig(data=data, policy="varimix", steps=1, **SMALL), str(tmp_path / "v"))
     with pytest.raises(ValueError, match="is multi-label; the generators are conditioned on one class"):
