@@ -7,6 +7,20 @@ import torch
 from . import mix
 
 POLICIES = ("mixup", "cutmix", "saliencymix", "spmix", "varimix", "meddiffusemix", "genmix")
+# Policies that mix multi-label targets ([B, K] of 0 / 1, ChestMNIST) as they are. The others
+# need one class per image: a translator toward the partner's class (varimix), class-conditional
+# generation (genmix), the classifier's saliency for the label (meddiffusemix).
+MULTI_LABEL_POLICIES = ("mixup", "cutmix", "saliencymix", "spmix")
+
+
+def multi_label_policy_kwargs(name: str, data) -> dict:
+    """make_policy's extra arguments for multi-label data ``data`` (named in the error); raises
+    ValueError for a policy that needs one class per image."""
+    if name not in MULTI_LABEL_POLICIES:
+        raise ValueError(f"--policy {name} needs one class per image; {data} is multi-label "
+                         f"(use none or one of {', '.join(MULTI_LABEL_POLICIES)})")
+    # class-balanced pairing and SPMix's tail orientation need one class per image
+    return {"partner": "randperm"} if name == "spmix" else {}
 
 
 def make_policy(name: str, num_classes: int, *, dataset=None, model=None, translator=None,

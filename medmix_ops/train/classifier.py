@@ -83,7 +83,7 @@ def create_model(cfg: ClassifierConfig, num_classes: int) -> torch.nn.Module:
 def build_policy(cfg: ClassifierConfig, num_classes: int, info: dict, model):
     if cfg.policy == "none":
         return None
-    from ..policies import make_policy
+    from ..policies import make_policy, multi_label_policy_kwargs
 
     kwargs = {}
     if cfg.generator:
@@ -98,8 +98,8 @@ def build_policy(cfg: ClassifierConfig, num_classes: int, info: dict, model):
             kwargs["generator"] = gen.inpainter()
     if cfg.policy == "meddiffusemix":
         kwargs["model"] = model
-    if cfg.policy == "spmix" and info.get("multi_label"):
-        kwargs["partner"] = "randperm"  # class-balanced pairing and tail orientation need one class each
+    if info.get("multi_label"):
+        kwargs.update(multi_label_policy_kwargs(cfg.policy, cfg.data))
     return make_policy(cfg.policy, num_classes, dataset=info.get("synthlesion"), **kwargs)
 
 
@@ -111,12 +111,6 @@ def multilabel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy per label against the mixed targets [B, K] in [0, 1] (a mixed
     multi-hot target is a per-label probability), averaged over B and K."""
     return F.binary_cross_entropy_with_logits(logits.float(), target)
-
-
-# Policies that mix multi-label targets as they are. The others need one class per image: a
-# translator toward the partner's class (varimix), class-conditional generation (genmix) or
-# the classifier's saliency for the label (meddiffusemix).
-MULTI_LABEL_POLICIES = ("none", "mixup", "cutmix", "saliencymix", "spmix")
 
 
 def lr_at(step: int, cfg: ClassifierConfig, total: int) -> float:
@@ -148,9 +142,6 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
         print(f"skipped {len(info['skipped'])} unreadable images (first: {info['skipped'][0]})")
     K = len(names)
     multi_label = bool(info.get("multi_label"))
-    if multi_label and cfg.policy not in MULTI_LABEL_POLICIES:
-        raise ValueError(f"--policy {cfg.policy} needs one class per image; {cfg.data} is multi-label "
-                         f"(use one of {', '.join(MULTI_LABEL_POLICIES)})")
     loss_of = multilabel_loss if multi_label else soft_cross_entropy
     model = create_model(cfg, K).to(rt.device)
     if rt.device.type == "cuda":
