@@ -29,7 +29,8 @@ inline int32_t float_to_bits(float f) {
 // +inf and x < ln of the smallest normal gives 0 (std::exp gives subnormals there); NaN stays NaN.
 inline float vector_exp(float x) {
   constexpr float kHi = 88.37626266f, kLo = -87.33654475f;
-  const float xc = x > kHi ? kHi : (x < kLo ? kLo : x);
+  // clamped so that the int conversion below is defined (NaN goes to kLo, and is put back last)
+  const float xc = x >= kLo ? (x > kHi ? kHi : x) : kLo;
   // n = round(x / ln 2) by the 1.5 * 2^23 trick (no SSE4.1 round instruction in the baseline);
   // GCC keeps (t + c) - c as written without -ffast-math
   constexpr float kRound = 12582912.f;
