@@ -97,15 +97,17 @@ def save_plot(result: dict, path) -> None:
 
     pols = result["policies"]
     keys = ("accuracy", "balanced_accuracy", "macro_f1", "tail_recall")
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(pols)), 3.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(pols) + 1.5), 3.2), dpi=110)
     w = 0.8 / len(keys)
     for i, k in enumerate(keys):
         m = [result["results"][p][k]["mean"] for p in pols]
         s = [result["results"][p][k]["std"] for p in pols]
         ax.bar(np.arange(len(pols)) + i * w, m, w, yerr=s, capsize=2, label=k.replace("_", " "))
-    ax.set_xticks(np.arange(len(pols)) + w, pols, rotation=25, fontsize=8)
+    # ticks under the middle of each policy's group of bars; the legend outside the axes so
+    # it never hides a short bar
+    ax.set_xticks(np.arange(len(pols)) + w * (len(keys) - 1) / 2, pols, rotation=25, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(f"{result['config']['model']} on {result['config']['data']}, {result['seeds']} seeds", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
@@ -134,7 +136,8 @@ def save_loss_plot(out: Path, policies, seeds: int, path) -> None:
         n = min(len(c[0]) for c in curves)
         ax.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0), lw=1, label=policy)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (soft-target CE)")
+    # soft-target cross-entropy, or binary cross-entropy per label on multi-label data
+    ax.set_ylabel("training loss")
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
