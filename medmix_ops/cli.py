@@ -84,7 +84,7 @@ def _cmd_preview(args) -> int:
     import torch
 
     from .data import SynthLesion
-    from .policies import make_policy, multi_label_policy_kwargs
+    from .policies import check_multi_label_policy, make_policy
     from .preview import save_policy_preview
 
     ds, names = _load_data(args.data, args.size, args.n, args.seed, args.intensity)
@@ -94,8 +94,9 @@ def _cmd_preview(args) -> int:
     x = torch.stack([it[0] for it in items])
     y = torch.stack([torch.as_tensor(it[1]) for it in items])  # [n] classes or [n, K] multi-label
     seg = torch.stack([it[2] for it in items]) if isinstance(ds, SynthLesion) else None
-    kwargs = multi_label_policy_kwargs(args.policy, args.data) if y.dim() == 2 else {}
-    policy = make_policy(args.policy, len(names), dataset=ds, **kwargs)
+    if y.dim() == 2:
+        check_multi_label_policy(args.policy, args.data, none_ok=False)
+    policy = make_policy(args.policy, len(names), dataset=ds)
     if hasattr(policy, "translator") and hasattr(policy.translator, "set_batch"):
         policy.translator.set_batch(idx, y)
     path = save_policy_preview(policy, x, y, names, args.out, rows=args.n, seg=seg,

@@ -13,14 +13,14 @@ POLICIES = ("mixup", "cutmix", "saliencymix", "spmix", "varimix", "meddiffusemix
 MULTI_LABEL_POLICIES = ("mixup", "cutmix", "saliencymix", "spmix")
 
 
-def multi_label_policy_kwargs(name: str, data) -> dict:
-    """make_policy's extra arguments for multi-label data ``data`` (named in the error); raises
-    ValueError for a policy that needs one class per image."""
+def check_multi_label_policy(name: str, data, *, none_ok: bool = True) -> None:
+    """Raises ValueError for a policy that needs one class per image on multi-label data
+    ``data`` (named in the error; none_ok: whether "none" is among the caller's choices).
+    Class-balanced partners (SPMix's default) balance multi-hot rows by their rarest label."""
     if name not in MULTI_LABEL_POLICIES:
+        choices = ", ".join(MULTI_LABEL_POLICIES)
         raise ValueError(f"--policy {name} needs one class per image; {data} is multi-label "
-                         f"(use none or one of {', '.join(MULTI_LABEL_POLICIES)})")
-    # class-balanced pairing and SPMix's tail orientation need one class per image
-    return {"partner": "randperm"} if name == "spmix" else {}
+                         f"(use {'none or one of ' if none_ok else 'one of '}{choices})")
 
 
 def make_policy(name: str, num_classes: int, *, dataset=None, model=None, translator=None,

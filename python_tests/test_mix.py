@@ -206,6 +206,51 @@ def test_class_balanced_partners_favour_the_tail():
     assert tail_share > 0.4  # 2 of 32 images, drawn about half the time
 
 
+def test_batch_class_counts_by_hand():
+    labels = torch.tensor([2, 0, 2, 1, 2])
+    assert mix.batch_class_counts(labels, 3).tolist() == [3, 1, 3, 1, 3]
+    # one-hot and smoothed targets count as their class, like the integer labels
+    one_hot = torch.nn.functional.one_hot(labels, 3).float()
+    assert mix.batch_class_counts(one_hot, 3).tolist() == [3, 1, 3, 1, 3]
+    assert mix.batch_class_counts((one_hot * 0.9 + 0.1 / 3).bfloat16(), 3).tolist() == [3, 1, 3, 1, 3]
+    # multi-hot rows: a label's count is the number of rows holding it (entries at the row's
+    # max); a row counts as its rarest label; all-zero rows ("no finding") and rows whose max
+    # is NaN form one group of their own
+    multi = torch.tensor([[1, 0, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0],
+                          [float("nan"), 1, 0], [0.5, 0, 0.5]])
+    # label 0: rows 0, 1, 2, 6 (row 6's tie holds both its classes) -> 4; label 1: row 2 -> 1;
+    # label 2: rows 0, 6 -> 2; no label: rows 3, 4, 5 -> 3
+    assert mix.batch_class_counts(multi, 3).tolist() == [2, 4, 1, 3, 3, 3, 2]
+    assert mix.batch_class_counts(multi.numpy(), 3).tolist() == [2, 4, 1, 3, 3, 3, 2]
+
+
+def test_class_balanced_partners_on_multi_hot_targets_favour_the_rarest_label():
+    # every image has the common finding 0; two also have the rare finding 3
+    y = torch.zeros(32, 4)
+    y[:, 0] = 1
+    y[[5, 17], 3] = 1
+    p = mix.Mixup(4, partner="class_balanced")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 1, 8, 8)
+    picks = []
+    for _ in range(30):
+        p(x, y, generator=g)
+        picks.append(p.last["index_b"])
+    rare_share = y[torch.cat(picks), 3].mean()
+    assert rare_share > 0.4  # 2 of 32 images, drawn about half the time (argmax: 1 / 16)
+    # SPMix orients each pair so that the image with the rare finding is the tail
+    ds = SynthLesion(8, size=32, seed=0)
+    xs, _ = ds.render(list(range(8)))
+    y8 = torch.zeros(8, 4)
+    y8[:, 0] = 1
+    y8[6, 3] = 1
+    sp = mix.SPMix(4, patch=8)
+    out_x, out_y = sp(xs, y8, generator=torch.Generator().manual_seed(1))
+    tail, head = sp.last["index_a"], sp.last["index_b"]
+    assert (head == 6).sum() == 0 and (tail == 6).any()  # image 6 is never a head background
+    assert torch.equal(out_y, y8[tail])  # label="keep": the tail's findings
+
+
 # ---- seed policies ----------------------------------------------------------------------------------
 
 def test_saliencymix_box_is_centred_on_the_partner_saliency_peak():

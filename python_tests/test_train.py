@@ -456,11 +456,17 @@ def test_multi_label_medmnist_trains_with_per_label_sigmoids(tmp_path, capsys):
     # preview: multi-hot labels stacked (they were read as scalars), captions name the labels
     assert cli.main(["preview", "--policy", "spmix", "--data", data, "--size", "32", "-o", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 0
+    # a policy that needs one class per image is refused by name; preview has no "none"
+    capsys.readouterr()
+    assert cli.main(["preview", "--policy", "varimix", "--data", data, "--size", "32", "-o", str(tmp_path / "v.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--policy varimix needs one class per image" in err and "use one of mixup, cutmix" in err
     from medmix_ops.preview import _label_set
 
     assert _label_set(torch.tensor([1.0, 0, 0.6, 0, 1]), list("abcde")) == "a+c+e"
     assert _label_set(torch.zeros(5), list("abcde")) == "no label"
-    with pytest.raises(ValueError, match="--policy varimix needs one class per image; .*chest.npz is multi-label"):
+    with pytest.raises(ValueError, match="--policy varimix needs one class per image; .*chest.npz is multi-label "
+                                         r"\(use none or one of mixup"):
         train_classifier(ClassifierConfig(data=data, policy="varimix", steps=1, **SMALL), str(tmp_path / "v"))
     with pytest.raises(ValueError, match="is multi-label; the generators are conditioned on one class"):
         train_generator(GeneratorConfig(kind="dcgan", data=data, steps=1, img_size=32, batch_size=4, width=8,

@@ -3,7 +3,7 @@
 Baselines: Mixup, CutMix. Seed papers: SaliencyMix, SPMix (and SPMixFeatureHook), VariMix,
 MedDiffuseMix, GenMix. Every policy is built from medmix_ops.ops; see _base.MixPolicy for the
 shared contract."""
-from ._base import MixPolicy, one_hot_targets
+from ._base import MixPolicy, batch_class_counts, one_hot_targets
 from .cutmix import CutMix
 from .genmix import GenMix, SyntheticFolder
 from .meddiffusemix import MedDiffuseMix
@@ -12,5 +12,5 @@ from .saliencymix import SaliencyMix
 from .spmix import SPMix, SPMixFeatureHook
 from .varimix import VariMix
 
-__all__ = ["MixPolicy", "one_hot_targets", "Mixup", "CutMix", "SaliencyMix", "SPMix",
+__all__ = ["MixPolicy", "batch_class_counts", "one_hot_targets", "Mixup", "CutMix", "SaliencyMix", "SPMix",
            "SPMixFeatureHook", "VariMix", "MedDiffuseMix", "GenMix", "SyntheticFolder"]

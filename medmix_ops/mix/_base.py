@@ -25,6 +25,30 @@ _LABEL_DTYPES = frozenset((torch.int64, torch.int32, torch.int16, torch.int8, to
 PARTNERS = ("randperm", "flip", "class_balanced")
 
 
+def batch_class_counts(labels, num_classes: int) -> np.ndarray:
+    """For class-balanced partners: per image of a batch, how many of the batch's images share
+    its class, float64 ``[B]`` on the host.
+
+    labels: integer labels ``[B]`` (each image's count is its label's), or targets ``[B, K]``
+    (a tensor or numpy array). A target row's labels are its entries equal to the row's
+    maximum: the class of a one-hot, smoothed or mixed row (every tied class of a tie), every
+    positive label of a multi-hot (multi-label) row. A label's count is the number of rows it
+    belongs to, and an image counts as its rarest label. Rows without a positive entry (all
+    zero, e.g. "no finding" in ChestMNIST, or NaN) form one group of their own."""
+    a = labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels
+    if isinstance(a, torch.Tensor):
+        a = (a if a.dim() == 1 and not a.dtype.is_floating_point else a.float()).numpy()
+    a = np.asarray(a)
+    if a.ndim == 1:
+        return np.bincount(a, minlength=num_classes)[a].astype(np.float64)
+    top = a.max(axis=1, keepdims=True)
+    member = (a == top) & (top > 0)  # (NaN rows: no member)
+    counts = np.where(member, member.sum(axis=0)[None, :], np.iinfo(np.int64).max).min(axis=1)
+    unlabelled = ~member.any(axis=1)
+    counts[unlabelled] = unlabelled.sum()
+    return counts.astype(np.float64)
+
+
 @functools.lru_cache(maxsize=64)
 def _one_hot_table(num_classes: int, smoothing: float) -> np.ndarray:
     """[K + 1, K] float32: row k is the smoothed one-hot target of label k; row K, the target
@@ -82,7 +106,8 @@ class MixPolicy(torch.nn.Module):
     mode: ``"batch"`` (one lam / geometry per batch) or ``"elem"`` (per sample).
     partner: ``"randperm"`` (default), ``"flip"`` (timm's ``x.flip(0)``) or
         ``"class_balanced"`` (partners drawn with probability proportional to 1 / the
-        frequency of their class in the batch: tail-biased, for long-tailed data).
+        frequency of their class in the batch: tail-biased, for long-tailed data; with
+        multi-hot targets, of their rarest label, see ``batch_class_counts``).
     backend: passed to the fused ops.
     validate: check that integer labels on a GPU are in [0, K) (labels on the CPU are always
         checked, for free). On a GPU the check costs one host sync per call; ``False`` skips
@@ -176,9 +201,7 @@ class MixPolicy(torch.nn.Module):
         # Class counts are needed on the host only for class-balanced partners (one sync
         # when the labels live on a GPU, shared with the range check); every other path stays
         # on the device.
-        labels_host = None
-        if self.partner == "class_balanced":
-            labels_host = (checked if checked is not None else labels.cpu()).long()
+        labels_host = self._balance_labels(y, labels, checked)
         if labels.dtype != torch.long or not (labels.is_cpu and x.is_cpu) and labels.device != x.device:
             labels = to_device(labels, x.device, torch.long)
         rng = _host_rng(generator)
@@ -214,6 +237,16 @@ class MixPolicy(torch.nn.Module):
             return torch.nn.Module.__call__(self, *args, **kwargs)
         return self.forward(*args, **kwargs)
 
+    def _balance_labels(self, y: torch.Tensor, labels: torch.Tensor, checked) -> torch.Tensor | None:
+        """What class-balanced partners are drawn from, on the host (None for other partners):
+        integer labels [B], or the targets [B, K] themselves (multi-hot rows keep every label;
+        see batch_class_counts)."""
+        if self.partner != "class_balanced":
+            return None
+        if checked is not None:
+            return checked.long()
+        return y.detach().cpu() if y.dim() == 2 else labels.cpu().long()
+
     # ---- to implement ----------------------------------------------------------------------
 
     def _sample(self, B: int, labels: torch.Tensor, rng: np.random.Generator, x, **overrides) -> dict:
@@ -236,8 +269,7 @@ class MixPolicy(torch.nn.Module):
         if self.partner == "randperm":
             perm = rng.permutation(B)  # int64 wherever numpy's default int is (not a .long() call)
             return torch.from_numpy(perm if perm.dtype == np.int64 else perm.astype(np.int64))
-        counts = np.bincount(labels.numpy(), minlength=self.num_classes).astype(np.float64)
-        weight = 1.0 / counts[labels.numpy()]
+        weight = 1.0 / batch_class_counts(labels, self.num_classes)
         out = np.empty(B, dtype=np.int64)
         for i in range(B):  # B small numbers on the host: never a device loop
             w = weight.copy()

@@ -9,7 +9,7 @@ import torch
 from .._transfer import to_device
 from .._validation import is_int, is_real
 from ..ops import gaussian_blend, patch_ratio_pool, saliency
-from ._base import MixPolicy, _host_rng
+from ._base import MixPolicy, _host_rng, batch_class_counts
 
 
 class SPMix(MixPolicy):
@@ -22,7 +22,8 @@ class SPMix(MixPolicy):
     ``r x_tail + (1 - r) x_head`` (hard patch edges; ``sigma`` > 0 softens them).
 
     - With ``partner="class_balanced"`` partners are drawn tail-biased, and each pair is
-      oriented so that the rarer class in the batch is the tail.
+      oriented so that the rarer class in the batch is the tail (with multi-hot targets, the
+      image whose rarest label is rarer; ``batch_class_counts``).
     - Otherwise every sample is the tail of its own pair.
     - ``label="keep"``: the tail's label (the paper). ``label="soft"``: ``mean(r)`` for the
       tail and the rest for the head.
@@ -62,9 +63,9 @@ class SPMix(MixPolicy):
         a = np.arange(perm.shape[0])
         if self.partner != "class_balanced":
             return torch.from_numpy(a), perm
-        ln, pn = labels_host.numpy(), perm.numpy()
-        counts = np.bincount(ln, minlength=self.num_classes)
-        self_is_tail = counts[ln] <= counts[ln[pn]]
+        pn = perm.numpy()
+        counts = batch_class_counts(labels_host, self.num_classes)
+        self_is_tail = counts <= counts[pn]
         return (torch.from_numpy(np.where(self_is_tail, a, pn)),
                 torch.from_numpy(np.where(self_is_tail, pn, a)))
 
@@ -125,9 +126,7 @@ class SPMixFeatureHook:
         targets = p.targets_of(y, x.device, checked is not None)
         labels = y if y.dim() == 1 else y.argmax(dim=1)
         rng = _host_rng(generator)
-        host = None
-        if p.partner == "class_balanced":
-            host = (checked if checked is not None else labels.cpu()).long()
+        host = p._balance_labels(y, labels, checked)
         perm = p.sample_partners(B, host, rng) if B > 1 else torch.zeros(1, dtype=torch.long)
         tail, head = p.pairs(host, perm)
         tail_d, head_d = to_device(tail, x.device), to_device(head, x.device)

@@ -83,7 +83,7 @@ def create_model(cfg: ClassifierConfig, num_classes: int) -> torch.nn.Module:
 def build_policy(cfg: ClassifierConfig, num_classes: int, info: dict, model):
     if cfg.policy == "none":
         return None
-    from ..policies import make_policy, multi_label_policy_kwargs
+    from ..policies import check_multi_label_policy, make_policy
 
     kwargs = {}
     if cfg.generator:
@@ -99,7 +99,7 @@ def build_policy(cfg: ClassifierConfig, num_classes: int, info: dict, model):
     if cfg.policy == "meddiffusemix":
         kwargs["model"] = model
     if info.get("multi_label"):
-        kwargs.update(multi_label_policy_kwargs(cfg.policy, cfg.data))
+        check_multi_label_policy(cfg.policy, cfg.data)
     return make_policy(cfg.policy, num_classes, dataset=info.get("synthlesion"), **kwargs)
 
 
