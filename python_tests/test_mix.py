@@ -206,6 +206,25 @@ def test_class_balanced_partners_favour_the_tail():
     assert tail_share > 0.4  # 2 of 32 images, drawn about half the time
 
 
+@pytest.mark.parametrize("weight", [[1.0, 1.0, 2.0, 4.0, 0.5], [3.0, 1.0], [1.0] * 7 + [100.0]])
+def test_class_balanced_draw_is_the_conditional_law(weight):
+    """Each row's partner j != i with probability w[j] / (sum of the others' w): the vectorised
+    draw (every row from all, the rows that drew themselves again) against the exact law."""
+    from medmix_ops.mix._base import draw_excluding_self
+
+    w = np.array(weight)
+    B, n = len(w), 20000
+    rng = np.random.default_rng(3)
+    draws = np.stack([draw_excluding_self(w, rng) for _ in range(n)])
+    assert draws.dtype == np.int64 and (draws != np.arange(B)).all()
+    for i in range(B):
+        want = w.copy()
+        want[i] = 0
+        want /= want.sum()
+        got = np.bincount(draws[:, i], minlength=B) / n
+        assert np.abs(got - want).max() < 5 * np.sqrt(0.25 / n)  # 5 sigma of a proportion
+
+
 def test_batch_class_counts_by_hand():
     labels = torch.tensor([2, 0, 2, 1, 2])
     assert mix.batch_class_counts(labels, 3).tolist() == [3, 1, 3, 1, 3]

@@ -96,6 +96,23 @@ def _one_hot_rows(y: torch.Tensor, num_classes: int, labels_in_range: bool,
     return table.index_select(0, y)
 
 
+def draw_excluding_self(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per row i of a batch, a partner j != i drawn with probability weight[j] / (the sum of
+    the others' weights), int64 [B] (B >= 2, weights > 0). Vectorised: every row draws from all
+    rows by inverse CDF and the rows that drew themselves draw again (rejection is exactly the
+    conditional law; a row repeats with probability weight[i] / sum, below 1 for B >= 2). One
+    rng.choice per row cost 80 us a row: 2.7 ms at B = 32, ten times a 64^2 Mixup."""
+    B = weight.shape[0]
+    cdf = np.cumsum(weight)
+    rows = np.arange(B)
+    out = np.minimum(np.searchsorted(cdf, rng.random(B) * cdf[-1], side="right"), B - 1)
+    redraw = rows[out == rows]
+    while redraw.size:
+        out[redraw] = np.minimum(np.searchsorted(cdf, rng.random(redraw.size) * cdf[-1], side="right"), B - 1)
+        redraw = redraw[out[redraw] == redraw]
+    return out.astype(np.int64, copy=False)
+
+
 class MixPolicy(torch.nn.Module):
     """Base class. Args shared by every policy:
 
@@ -269,13 +286,7 @@ class MixPolicy(torch.nn.Module):
         if self.partner == "randperm":
             perm = rng.permutation(B)  # int64 wherever numpy's default int is (not a .long() call)
             return torch.from_numpy(perm if perm.dtype == np.int64 else perm.astype(np.int64))
-        weight = 1.0 / batch_class_counts(labels, self.num_classes)
-        out = np.empty(B, dtype=np.int64)
-        for i in range(B):  # B small numbers on the host: never a device loop
-            w = weight.copy()
-            w[i] = 0.0  # never yourself
-            out[i] = rng.choice(B, p=w / w.sum())
-        return torch.from_numpy(out)
+        return torch.from_numpy(draw_excluding_self(1.0 / batch_class_counts(labels, self.num_classes), rng))
 
     def sample_lam(self, B: int, rng: np.random.Generator, lam=None) -> np.ndarray:
         """lam per output row, a float64 [B] numpy array (host draws stay numpy until `last`
