@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -154,7 +155,6 @@ def _cmd_compare(args) -> int:
     from .train.compare import format_table, run_compare
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    args.policy = "none"
     base = config_from_args(args)
     for p in policies:
         from .policies import POLICIES
@@ -174,16 +174,31 @@ def _positive_int(text: str) -> int:
     return v
 
 
+class _DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default (none said for flags, unset options and
+    required ones)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and not action.required and "default" not in text
+                and not any(action.default is v for v in (None, False, argparse.SUPPRESS))):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medmix", description="medmix_ops: fused mixing-augmentation kernels")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    class sub:  # noqa: N801 - every subcommand's parser with the defaults formatter
+        add_parser = functools.partial(subparsers.add_parser, formatter_class=_DefaultsHelpFormatter)
 
     d = sub.add_parser("demo", help="blend generated image pairs with every backend; table + preview PNG")
-    d.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    d.add_argument("--batch", type=_positive_int, default=32, help="images per batch (default: 32)")
-    d.add_argument("--size", type=_positive_int, default=128, help="image side in pixels (default: 128)")
-    d.add_argument("--sigma", type=float, default=4.0, help="blend softness in pixels (default: 4)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default="demo_out", help="output folder")
+    d.add_argument("--batch", type=_positive_int, default=32, help="images per batch")
+    d.add_argument("--size", type=_positive_int, default=128, help="image side in pixels")
+    d.add_argument("--sigma", type=float, default=4.0, help="blend softness (Gaussian sigma) in pixels")
+    d.add_argument("--seed", type=int, default=0, help="seed of the generated images")
     d.add_argument("--quick", action="store_true", help="shorter timing loops")
     d.set_defaults(func=_cmd_demo)
 
@@ -194,11 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .policies import POLICIES
 
     f = sub.add_parser("fidelity", help="label mismatch of each policy on SynthLesion (table, JSON, plot)")
-    f.add_argument("--n", type=_positive_int, default=512, help="images (default: 512)")
-    f.add_argument("--size", type=_positive_int, default=64, help="image side (default: 64)")
-    f.add_argument("--batch", type=_positive_int, default=64)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--policies", nargs="+", choices=FIDELITY_POLICIES, help="default: all")
+    f.add_argument("--n", type=_positive_int, default=512, help="SynthLesion images")
+    f.add_argument("--size", type=_positive_int, default=64, help="image side in pixels")
+    f.add_argument("--batch", type=_positive_int, default=64, help="images per mixed batch")
+    f.add_argument("--seed", type=int, default=0, help="seed of the images and the policies' draws")
+    f.add_argument("--policies", nargs="+", choices=FIDELITY_POLICIES, help="policies to measure (default: all)")
     f.add_argument("--json", help="write the results as JSON here")
     f.add_argument("--plot", help="write a bar chart PNG here")
     f.set_defaults(func=_cmd_fidelity)
@@ -206,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import GROUPS
 
     bn = sub.add_parser("bench", help="every op and policy against its baselines, side by side")
-    bn.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bn.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the ops and baselines run")
     bn.add_argument("--quick", action="store_true", help="one size per op, short timing loops")
-    bn.add_argument("--ops", nargs="+", choices=GROUPS, help="default: all")
-    bn.add_argument("--json", help="write the results here")
+    bn.add_argument("--ops", nargs="+", choices=GROUPS, help="groups to time (default: all)")
+    bn.add_argument("--json", help="write the results as JSON here")
     bn.add_argument("--save", action="store_true", help="write benchmarks/results/<device>-<date>.json")
     bn.add_argument("--plot", help="write a speed-up chart PNG here")
     bn.add_argument("--no-end-to-end", action="store_true", help="skip the training-step share")
@@ -227,26 +242,30 @@ def build_parser() -> argparse.ArgumentParser:
     tg.set_defaults(func=_cmd_train_generator)
 
     sp = sub.add_parser("sample", help="synthetic images from a dcgan / ddpm checkpoint")
-    sp.add_argument("--ckpt", required=True)
+    sp.add_argument("--ckpt", required=True, help="a dcgan or ddpm checkpoint.pt from train-generator")
     sp.add_argument("--n", type=_positive_int, default=8, help="images per class")
-    sp.add_argument("--classes", type=int, nargs="+", help="default: every class")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--classes", type=int, nargs="+", help="class indices to sample (default: every class)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     sp.add_argument("-o", "--out", required=True, help="grid.png, or a directory for <class>/<i>.png")
     sp.set_defaults(func=_cmd_sample)
 
-    cp = sub.add_parser("compare", help="the same classifier with each policy and several seeds")
-    _tc.add_arguments(cp)
-    cp.add_argument("--policies", default="none,mixup,cutmix,saliencymix,spmix,varimix,meddiffusemix,genmix")
-    cp.add_argument("--seeds", type=_positive_int, default=3)
+    cp = sub.add_parser("compare", help="the same classifier with each policy and several seeds",
+                        description="One train-classifier run per policy and seed under OUT/<policy>-seed<i>/, "
+                                    "then a table (mean +- std over seeds), JSON and plots. Run it again "
+                                    "with the same arguments to continue an interrupted compare.")
+    _tc.add_arguments(cp, single_run=False)
+    cp.add_argument("--policies", default="none,mixup,cutmix,saliencymix,spmix,varimix,meddiffusemix,genmix",
+                    help="comma-separated policies to train, one run per policy and seed")
+    cp.add_argument("--seeds", type=_positive_int, default=3, help="runs per policy, with seeds --seed, --seed + 1, ...")
     cp.set_defaults(func=_cmd_compare)
 
     pv = sub.add_parser("preview", help="original | partner | mask | mixed, with soft labels")
-    pv.add_argument("--policy", required=True, choices=POLICIES)
+    pv.add_argument("--policy", required=True, choices=POLICIES, help="the policy to show")
     pv.add_argument("--data", default="synthlesion", help="synthlesion, an ImageFolder dir or a MedMNIST .npz")
-    pv.add_argument("--n", type=_positive_int, default=6, help="rows (default: 6)")
-    pv.add_argument("--size", type=_positive_int, default=64, help="image side (default: 64)")
-    pv.add_argument("--seed", type=int, default=0)
-    pv.add_argument("-o", "--out", default="preview.png", help="PNG path (default: preview.png)")
+    pv.add_argument("--n", type=_positive_int, default=6, help="rows (images mixed)")
+    pv.add_argument("--size", type=_positive_int, default=64, help="image side in pixels")
+    pv.add_argument("--seed", type=int, default=0, help="seed of the images picked and the policy's draws")
+    pv.add_argument("-o", "--out", default="preview.png", help="PNG path")
     add_intensity_argument(pv)
     pv.set_defaults(func=_cmd_preview)
     return p

@@ -40,6 +40,28 @@ def test_argparse_rejects_nonpositive_sizes(capsys):
     assert "must be >= 1" in capsys.readouterr().err
 
 
+def test_every_option_has_help_with_its_default(capsys):
+    """`medmix <command> --help` describes every option and says each default (0 included)."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"medmix {name} {action.option_strings[0]} has no help"
+            text = formatter._get_help_string(action) % dict(vars(action), prog=sub.prog)
+            if action.default is not None and action.default is not False and not action.required:
+                assert "default" in text, f"medmix {name} {action.option_strings[0]}: {text!r}"
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert "--seed SEED    seed of the generated images (default: 0)" in capsys.readouterr().out
+    # compare sets the policy, resume and stop per run: those options are not offered there
+    for option in ("--policy", "--resume", "--stop-after"):
+        assert option not in commands["compare"].format_help()
+        assert option in commands["train-classifier"].format_help()
+
+
 def test_info_reports_backends(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out

@@ -271,36 +271,44 @@ def evaluate(model, test_ds, K, rt, cfg, multi_label: bool = False) -> dict:
     return classification_metrics(torch.cat(probs).cpu(), torch.cat(labels), K)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser, *, single_run: bool = True) -> None:
+    """train-classifier's options; single_run=False (compare) leaves out --policy, --resume
+    and --stop-after, which compare sets per run (it always picks up where it stopped)."""
     d = ClassifierConfig()
     p.add_argument("--data", default=d.data, help="synthlesion, an ImageFolder directory or a MedMNIST .npz")
-    p.add_argument("--model", default=d.model, help="any timm model name (default: convnext_atto)")
-    p.add_argument("--policy", default=d.policy, help="none, mixup, cutmix, saliencymix, spmix, varimix, "
-                                                      "meddiffusemix or genmix")
-    p.add_argument("--img-size", type=int, default=d.img_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--model", default=d.model, help="any timm model name (built with pretrained=False)")
+    if single_run:
+        p.add_argument("--policy", default=d.policy, help="none, mixup, cutmix, saliencymix, spmix, varimix, "
+                                                          "meddiffusemix or genmix")
+    p.add_argument("--img-size", type=int, default=d.img_size, help="images resized to this side in pixels")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per training step")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, default=d.steps)
-    g.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--imbalance", type=float, help="SynthLesion tail/head frequency ratio (e.g. 0.05)")
+    g.add_argument("--steps", type=int, default=d.steps, help="training steps")
+    g.add_argument("--epochs", type=int, help="passes over the training split, instead of --steps")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate (linear warm-up, then cosine "
+                   "decay to 1%% of it)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="warm-up steps of the learning rate")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the data order, the policy's draws and the weights")
+    p.add_argument("--imbalance", type=float, help="SynthLesion tail / head class frequency ratio, e.g. 0.05 (default: balanced)")
     p.add_argument("--n-train", type=int, default=d.n_train, help="SynthLesion training images")
     p.add_argument("--n-test", type=int, default=d.n_test, help="SynthLesion held-out images")
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader worker processes")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
-    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between (atomic) checkpoints")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log.csv rows")
     p.add_argument("--model-kwargs", default="{}", help='extra timm.create_model arguments as JSON, e.g. '
                    '\'{"embed_dim": 32, "depths": [1, 1, 1, 1]}\' for a shrunken SwinV2')
     p.add_argument("--weights", help="a local weights file for the model (never downloaded)")
-    p.add_argument("--generator", help="a generator checkpoint (train-generator) for varimix / genmix / meddiffusemix")
+    p.add_argument("--generator", help="a generator checkpoint (train-generator) for varimix / genmix / meddiffusemix "
+                   "(default on SynthLesion: its built-in oracle)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (counted)")
     add_intensity_argument(p)
     p.add_argument("--out", required=True, help="output directory")
+    if not single_run:
+        p.set_defaults(policy=d.policy, resume=False, stop_after=None)
+        return
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--stop-after", type=int, help="stop at this step with a checkpoint (for time-limited "
                    "jobs); --resume continues")

@@ -33,7 +33,7 @@ class Pairs(torch.utils.data.Dataset):
 def add_intensity_argument(p) -> None:
     """--intensity for commands that read an ImageFolder tree."""
     p.add_argument("--intensity", default="bit_depth", choices=INTENSITY_MODES,
-                   help="ImageFolder pixel scaling: by bit depth (8-bit / 255, 16-bit / 65535; default) or "
+                   help="ImageFolder pixel scaling: by bit depth (8-bit / 255, 16-bit / 65535) or "
                         "each image's own min / max (e.g. 12-bit X-rays saved as 16-bit PNG)")
 
 

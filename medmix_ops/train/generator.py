@@ -271,24 +271,27 @@ def _i2i_step(models, opts, x, y, gen, cfg, step):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = GeneratorConfig()
-    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--kind", required=True, choices=KINDS, help="i2i: VariMix's translator; dcgan / ddpm: "
+                   "class-conditional samplers for GenMix / MedDiffuseMix")
     p.add_argument("--data", default=d.data, help="synthlesion, an ImageFolder directory or a MedMNIST .npz")
-    p.add_argument("--img-size", type=int, default=d.img_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--imbalance", type=float)
-    p.add_argument("--n-train", type=int, default=d.n_train)
+    p.add_argument("--img-size", type=int, default=d.img_size, help="image side in pixels (dcgan: a power of "
+                   "two; i2i, ddpm: a multiple of 16)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per training step")
+    p.add_argument("--steps", type=int, default=d.steps, help="training steps")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the data order, the noise and the weights")
+    p.add_argument("--imbalance", type=float, help="SynthLesion tail / head class frequency ratio, e.g. 0.05 "
+                   "(default: balanced)")
+    p.add_argument("--n-train", type=int, default=d.n_train, help="SynthLesion training images")
     p.add_argument("--width", type=int, default=d.width, help="base channel width")
-    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"], help="auto: cuda when available")
     p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between (atomic) checkpoints")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log.csv rows")
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (counted)")
     add_intensity_argument(p)
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--stop-after", type=int, help="stop at this step with a checkpoint; --resume continues")
 
 
