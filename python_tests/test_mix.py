@@ -505,6 +505,48 @@ def test_genmix_pairs_and_folder_generator(tmp_path):
     assert out_x.shape == x.shape and folder.last["x_syn"].shape == x.shape
 
 
+def test_synthetic_folder_cache_and_threads_give_the_decoded_bits(tmp_path):
+    """The cache (uint8 codes for 8-bit images, floats for the rest) and the decoding threads
+    return exactly what decoding each file on every call does; the budget is respected; a
+    pickled folder (a DataLoader worker's copy) starts with an empty cache of its own."""
+    import pickle
+
+    from PIL import Image
+
+    codes = torch.arange(256, dtype=torch.uint8)  # the cache's float32 division: load_image's bits
+    assert torch.equal(codes.float().div_(255), torch.from_numpy((codes.numpy() / 255.0).astype(np.float32)))
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (tmp_path / str(c)).mkdir()
+        for i in range(4):
+            Image.fromarray((rng.random((9, 11, 3)) * 255).astype(np.uint8)).save(tmp_path / str(c) / f"{i}.png")
+    # a 16-bit grey image: not 8-bit codes, cached as float
+    Image.fromarray((rng.random((9, 11)) * 65535).astype(np.uint16)).save(tmp_path / "2" / "deep.png")
+    labels = torch.tensor([0, 2, 1, 2, 2, 0, 1, 2] * 4)
+    plain = mix.SyntheticFolder(tmp_path, cache_mb=0, workers=1)
+    want = [plain(labels, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    for channels in (3, 1):
+        ref = mix.SyntheticFolder(tmp_path, channels=channels, cache_mb=0, workers=1)
+        cached = mix.SyntheticFolder(tmp_path, channels=channels, workers=3)
+        for s in range(3):  # first calls fill the cache, later ones read it
+            got = cached(labels, generator=torch.Generator().manual_seed(s))
+            assert torch.equal(got, ref(labels, generator=torch.Generator().manual_seed(s)))
+            if channels == 3:
+                assert torch.equal(got, want[s])
+        kinds = {v.dtype for v in cached._cache.values()}
+        assert torch.uint8 in kinds and torch.float32 in kinds  # 8-bit codes and the 16-bit image
+        assert cached._cached_bytes == sum(v.numel() * v.element_size() for v in cached._cache.values())
+    small = mix.SyntheticFolder(tmp_path, cache_mb=600 / 2 ** 20)  # room for two 9 x 11 x 3 codes
+    small(labels, generator=torch.Generator().manual_seed(0))
+    assert len(small._cache) == 2 and small._cached_bytes <= 600
+    copy = pickle.loads(pickle.dumps(small))
+    assert copy._cache == {} and copy._pool is None
+    assert torch.equal(copy(labels, generator=torch.Generator().manual_seed(1)), want[1])
+    for bad in (dict(cache_mb=-1), dict(cache_mb=float("nan")), dict(workers=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            mix.SyntheticFolder(tmp_path, **bad)
+
+
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
