@@ -505,6 +505,10 @@ def test_genmix_pairs_and_folder_generator(tmp_path):
     assert out_x.shape == x.shape and folder.last["x_syn"].shape == x.shape
 
 
+def _call_folder(folder, labels, queue):
+    queue.put(folder(labels, generator=torch.Generator().manual_seed(1)).numpy())  # (by value)
+
+
 def test_synthetic_folder_cache_and_threads_give_the_decoded_bits(tmp_path):
     """The cache (uint8 codes for 8-bit images, floats for the rest) and the decoding threads
     return exactly what decoding each file on every call does; the budget is respected; a
@@ -542,6 +546,23 @@ def test_synthetic_folder_cache_and_threads_give_the_decoded_bits(tmp_path):
     copy = pickle.loads(pickle.dumps(small))
     assert copy._cache == {} and copy._pool is None
     assert torch.equal(copy(labels, generator=torch.Generator().manual_seed(1)), want[1])
+    # a forked process (a DataLoader worker) inherits the pool without its threads: it makes
+    # its own instead of waiting forever on the inherited one
+    threaded = mix.SyntheticFolder(tmp_path, cache_mb=0, workers=2)
+    threaded(labels, generator=torch.Generator().manual_seed(0))
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_call_folder, args=(threaded, labels, queue))  # inherited, not pickled
+    child.start()
+    try:
+        got = queue.get(timeout=30)
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():  # (the bug this checks: the child waits forever)
+            child.kill()
+    assert torch.equal(torch.from_numpy(got), want[1])
     for bad in (dict(cache_mb=-1), dict(cache_mb=float("nan")), dict(workers=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             mix.SyntheticFolder(tmp_path, **bad)

@@ -68,12 +68,13 @@ class SyntheticFolder:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self._pool = None
+        self._pool_pid = None
 
     # A policy holding a folder is pickled into DataLoader workers: the cache, lock and thread
     # pool stay behind (each process builds its own).
     def __getstate__(self):
         state = dict(self.__dict__)
-        for k in ("_cache", "_cached_bytes", "_lock", "_pool"):
+        for k in ("_cache", "_cached_bytes", "_lock", "_pool", "_pool_pid"):
             state.pop(k, None)
         return state
 
@@ -109,8 +110,13 @@ class SyntheticFolder:
                 raise ValueError(f"SyntheticFolder: no synthetic images of class {c} under {self.root}")
             paths.append(self.files[c][rng.integers(len(self.files[c]))])
         if self.workers > 1 and sum(p not in self._cache for p in paths) > 1:
-            if self._pool is None:
+            if self._pool is None or self._pool_pid != os.getpid():
+                # (a forked DataLoader worker inherits the parent's pool without its threads,
+                # which would never run the work, and the lock in whatever state it was in;
+                # the decoded images it inherits stay valid)
+                self._lock = threading.Lock()
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="SyntheticFolder")
+                self._pool_pid = os.getpid()
             out = list(self._pool.map(self._load, paths))
         else:
             out = [self._load(p) for p in paths]
