@@ -524,7 +524,9 @@ def test_synthetic_folder_cache_and_threads_give_the_decoded_bits(tmp_path):
         (tmp_path / str(c)).mkdir()
         for i in range(4):
             Image.fromarray((rng.random((9, 11, 3)) * 255).astype(np.uint8)).save(tmp_path / str(c) / f"{i}.png")
-    # a 16-bit grey image: not 8-bit codes, cached as float
+    # another size (resized to the batch's first image) and a 16-bit grey image (not 8-bit
+    # codes: cached as float)
+    Image.fromarray((rng.random((5, 7, 3)) * 255).astype(np.uint8)).save(tmp_path / "1" / "small.png")
     Image.fromarray((rng.random((9, 11)) * 65535).astype(np.uint16)).save(tmp_path / "2" / "deep.png")
     labels = torch.tensor([0, 2, 1, 2, 2, 0, 1, 2] * 4)
     plain = mix.SyntheticFolder(tmp_path, cache_mb=0, workers=1)

@@ -86,10 +86,8 @@ class SyntheticFolder:
         from ..data.folder import load_image
 
         hit = self._cache.get(path)
-        if hit is not None:
-            # uint8 codes: load_image divides by 255 in float64 and rounds to float32; a float32
-            # division gives the same bits for each of the 256 codes (tested) at a third of the cost
-            return hit.float().div_(255) if hit.dtype == torch.uint8 else hit
+        if hit is not None:  # uint8 codes or float pixels; __call__ turns codes into pixels
+            return hit
         t = load_image(path, self.channels)
         if self.cache_bytes:
             codes = (t.double() * 255).round_()
@@ -121,9 +119,18 @@ class SyntheticFolder:
         else:
             out = [self._load(p) for p in paths]
         size = out[0].shape[-2:]
-        out = [o if o.shape[-2:] == size else F.interpolate(o[None], size=size, mode="bilinear",
-                                                              align_corners=False)[0] for o in out]
-        return torch.stack(out)
+        batch = torch.empty(len(out), out[0].shape[0], *size)
+        for row, o in zip(batch, out):
+            if o.dtype == torch.uint8:
+                # cached codes: load_image divides by 255 in float64 and rounds to float32; a
+                # float32 division gives the same bits for each of the 256 codes (tested), and
+                # writing it into the batch saves a stack copy
+                o = torch.div(o, 255, out=row) if o.shape[-2:] == size else o.float().div_(255)
+                if o is row:
+                    continue
+            row.copy_(o if o.shape[-2:] == size else F.interpolate(o[None], size=size, mode="bilinear",
+                                                                   align_corners=False)[0])
+        return batch
 
 
 class GenMix(MixPolicy):
