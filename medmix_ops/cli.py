@@ -5,6 +5,7 @@ import argparse
 import functools
 import os
 import sys
+import types
 
 
 def _prepare_triton() -> None:
@@ -189,9 +190,9 @@ class _DefaultsHelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medmix", description="medmix_ops: fused mixing-augmentation kernels")
     subparsers = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    class sub:  # noqa: N801 - every subcommand's parser with the defaults formatter
-        add_parser = functools.partial(subparsers.add_parser, formatter_class=_DefaultsHelpFormatter)
+    # every subcommand's parser with the defaults formatter
+    sub = types.SimpleNamespace(add_parser=functools.partial(subparsers.add_parser,
+                                                             formatter_class=_DefaultsHelpFormatter))
 
     d = sub.add_parser("demo", help="blend generated image pairs with every backend; table + preview PNG")
     d.add_argument("--out", default="demo_out", help="output folder")

@@ -89,7 +89,8 @@ class SyntheticFolder:
         if hit is not None:  # uint8 codes or float pixels; __call__ turns codes into pixels
             return hit
         t = load_image(path, self.channels)
-        if self.cache_bytes:
+        # (a full cache skips the code check: it would run on every load past the budget)
+        if self._cached_bytes + t.numel() <= self.cache_bytes:
             codes = (t.double() * 255).round_()
             keep = codes.to(torch.uint8) if torch.equal((codes / 255).float(), t) else t
             size = keep.numel() * keep.element_size()
@@ -125,9 +126,10 @@ class SyntheticFolder:
                 # cached codes: load_image divides by 255 in float64 and rounds to float32; a
                 # float32 division gives the same bits for each of the 256 codes (tested), and
                 # writing it into the batch saves a stack copy
-                o = torch.div(o, 255, out=row) if o.shape[-2:] == size else o.float().div_(255)
-                if o is row:
+                if o.shape[-2:] == size:
+                    torch.div(o, 255, out=row)
                     continue
+                o = o.float().div_(255)
             row.copy_(o if o.shape[-2:] == size else F.interpolate(o[None], size=size, mode="bilinear",
                                                                    align_corners=False)[0])
         return batch
