@@ -35,6 +35,9 @@ def extension_error() -> str | None:
 
 
 def extension_loaded() -> bool:
+    """Whether the compiled C++/CUDA kernels (medmix_ops._C) load in this process. Without them
+    backend="auto" picks Triton for CUDA tensors, and otherwise the PyTorch reference with a
+    one-time warning; ``extension_error()`` says why they did not load."""
     return extension_error() is None
 
 
