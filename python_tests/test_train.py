@@ -250,6 +250,42 @@ def test_compare_writes_a_table(tmp_path, capsys):
     bal = result["results"]["mixup"]["balanced_accuracy"]
     assert bal["mean"] == pytest.approx(np.mean([m["balanced_accuracy"] for m in runs]))
     assert bal["std"] == pytest.approx(np.std([m["balanced_accuracy"] for m in runs], ddof=1))
+    assert "2 seeds (mean +- std)" in printed and " +- " in (tmp_path / "compare.md").read_text()
+    # the same folder with another recipe is refused (its finished runs would enter the table)
+    capsys.readouterr()
+    rc = cli.main(["compare", "--policies", "none,mixup", "--seeds", "2", "--steps", "4", "--img-size", "32",
+                   "--batch-size", "8", "--n-train", "48", "--n-test", "16", "--imbalance", "0.2",
+                   "--lr", "1e-3", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "none-seed0" in err and "steps=3 (asked: 4)" in err and "lr=0.0005 (asked: 0.001)" in err
+    assert json.loads((tmp_path / "compare.json").read_text()) == result  # left as it was
+
+
+def test_compare_table_of_one_seed_prints_no_std():
+    """A std over one run says nothing: one seed gives plain values and says "1 seed"."""
+    from medmix_ops.train.compare import format_table
+
+    cell = dict(mean=0.5, std=0.0)
+    result = dict(config=dict(model="m", data="d", img_size=8, imbalance=None, steps=1, batch_size=2, lr=1e-3,
+                              warmup=0), seeds=1, classes=["a", "b"], tail_class=1, policies=["none"],
+                  results=dict(none={k: cell for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc",
+                                                        "tail_recall")}))
+    text = format_table(result)
+    assert "1 seed;" in text and "+-" not in text and "| none | 0.500 | 0.500 |" in text
+    text = format_table(dict(result, seeds=3))
+    assert "3 seeds (mean +- std)" in text and "| none | 0.500 +- 0.000 |" in text
+
+
+def test_compare_accepts_a_run_saved_before_a_setting_existed(tmp_path):
+    """A config.json without a newer key (intensity) counts as its default, as --resume does."""
+    from medmix_ops.train.compare import check_same_settings
+
+    cfg = ClassifierConfig(steps=7)
+    saved = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "intensity"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    check_same_settings(tmp_path, cfg)
+    with pytest.raises(ValueError, match="intensity='bit_depth' \\(asked: 'min_max'\\)"):
+        check_same_settings(tmp_path, dataclasses.replace(cfg, intensity="min_max"))
 
 
 def test_compare_balanced_accuracy_of_a_run_finished_before_the_key():

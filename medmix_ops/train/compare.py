@@ -21,6 +21,7 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
         for seed in range(seeds):
             cfg = dataclasses.replace(base, policy=policy, seed=base.seed + seed, stop_after=None)
             run_dir = out / f"{policy}-seed{seed}"
+            check_same_settings(run_dir, cfg)
             done = run_dir / "metrics.json"
             if done.exists():  # an interrupted compare picks up where it stopped
                 m = json.loads(done.read_text())
@@ -50,6 +51,32 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
     return result
 
 
+# Settings that change a run's result. A run already in the folder (finished or cut short) must
+# have been started with the same ones, or the table would mix runs of different recipes.
+# Runtime settings (device, workers, checkpoint and log intervals, amp, which only acts on a
+# GPU) may differ.
+_RESULT_KEYS = (*ClassifierConfig.RESUME_KEYS, "steps", "epochs", "lr", "weight_decay", "warmup", "n_test",
+                "weights", "generator", "skip_bad", "model_kwargs")
+
+
+def check_same_settings(run_dir: Path, cfg: ClassifierConfig) -> None:
+    """Raises ValueError naming each setting of the run in ``run_dir`` (its config.json) that
+    differs from ``cfg``. A setting the saved config lacks (a run from before it existed) counts
+    as its default, as --resume does."""
+    saved_path = run_dir / "config.json"
+    if not saved_path.exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    defaults = ClassifierConfig()
+    # through JSON, so tuples and lists (model_kwargs) compare equal
+    norm = lambda v: json.loads(json.dumps(v))  # noqa: E731
+    diff = [f"{k}={saved.get(k, getattr(defaults, k))!r} (asked: {getattr(cfg, k)!r})" for k in _RESULT_KEYS
+            if norm(saved.get(k, getattr(defaults, k))) != norm(getattr(cfg, k))]
+    if diff:
+        raise ValueError(f"compare: {run_dir} holds a run with other settings: {', '.join(diff)}; "
+                         "pass another --out, or the same settings to continue this compare")
+
+
 def _balanced_accuracy(metrics: dict) -> float:
     """metrics.json's balanced accuracy; a run finished before that key existed (a compare
     folder picked up again) has it recomputed from its per-class recalls, which is the same
@@ -74,17 +101,24 @@ def _tail_class(cfg: ClassifierConfig) -> int:
 _COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "tail_recall")
 
 
+def _seeds_text(seeds: int) -> str:
+    return "1 seed" if seeds == 1 else f"{seeds} seeds (mean +- std)"
+
+
 def format_table(result: dict) -> str:
+    """The markdown table: mean +- std over seeds per cell, or the run's value with one seed
+    (a std of one run says nothing, so none is printed)."""
     c = result["config"]
     tail_name = result["classes"][result["tail_class"]]
+    one = result["seeds"] == 1
     lines = [f"{c['model']} on {c['data']} ({c['img_size']} px, imbalance {c['imbalance']}, {c['steps']} steps, "
-             f"batch {c['batch_size']}, lr {c['lr']:g}, {c['warmup']} warm-up steps), {result['seeds']} seeds; "
+             f"batch {c['batch_size']}, lr {c['lr']:g}, {c['warmup']} warm-up steps), {_seeds_text(result['seeds'])}; "
              f"tail class: {tail_name}", "",
              "| policy | accuracy | balanced acc. | macro-F1 | AUROC | tail recall |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for p in result["policies"]:
         r = result["results"][p]
-        cell = lambda k: f"{r[k]['mean']:.3f} +- {r[k]['std']:.3f}"  # noqa: E731
+        cell = lambda k: f"{r[k]['mean']:.3f}" + ("" if one else f" +- {r[k]['std']:.3f}")  # noqa: E731
         lines.append(f"| {p} | " + " | ".join(cell(k) for k in _COLUMNS) + " |")
     return "\n".join(lines)
 
@@ -101,14 +135,14 @@ def save_plot(result: dict, path) -> None:
     w = 0.8 / len(keys)
     for i, k in enumerate(keys):
         m = [result["results"][p][k]["mean"] for p in pols]
-        s = [result["results"][p][k]["std"] for p in pols]
+        s = [result["results"][p][k]["std"] for p in pols] if result["seeds"] > 1 else None
         ax.bar(np.arange(len(pols)) + i * w, m, w, yerr=s, capsize=2, label=k.replace("_", " "))
     # ticks under the middle of each policy's group of bars; the legend outside the axes so
     # it never hides a short bar
     ax.set_xticks(np.arange(len(pols)) + w * (len(keys) - 1) / 2, pols, rotation=25, fontsize=8)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(f"{result['config']['model']} on {result['config']['data']}, {result['seeds']} seeds", fontsize=9)
+    ax.set_title(f"{result['config']['model']} on {result['config']['data']}, {_seeds_text(result['seeds'])}", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -117,13 +151,15 @@ def save_loss_plot(out: Path, policies, seeds: int, path) -> None:
     """Training loss against step per policy (mean over seeds of the logged points), from each
     run's log.csv. A classifier that collapsed to one constant prediction shows as a flat line:
     with one lam per batch, a batch's mean mixed target equals its unmixed mean, so collapsed
-    runs of different policies trace the same curve."""
+    runs of different policies trace the same curve. Each curve is a centred moving average
+    over about a fifteenth of its logged points (the axis label says how many)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    window = 1
     for policy in policies:
         curves = []
         for seed in range(seeds):
@@ -134,10 +170,23 @@ def save_loss_plot(out: Path, policies, seeds: int, path) -> None:
         if not curves:
             continue
         n = min(len(c[0]) for c in curves)
-        ax.plot(curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0), lw=1, label=policy)
+        steps, loss = curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0)
+        # One logged batch's loss swings by +-0.5 under mixing: a centred moving average over
+        # about a fifteenth of the run keeps several policies' curves apart.
+        window = max(1, n // 15)
+        ax.plot(steps, _moving_average(loss, window), lw=1.2, label=policy)
     ax.set_xlabel("step")
     # soft-target cross-entropy, or binary cross-entropy per label on multi-label data
-    ax.set_ylabel("training loss")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("training loss" + (f" (mean of {window} logged points)" if window > 1 else ""), fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _moving_average(v: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average of the same length; the ends average over the points they have."""
+    if window <= 1:
+        return v
+    kernel = np.ones(window)
+    return np.convolve(v, kernel, mode="same") / np.convolve(np.ones_like(v), kernel, mode="same")
