@@ -57,6 +57,38 @@ def test_resume_is_exact(tmp_path, policy):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_mix_start_trains_unmixed_then_mixes_and_resumes_exactly(tmp_path):
+    """--mix-start 5: the first five steps are those of a run without a policy (same weights),
+    the policy acts from step 6 on, and a run stopped at the switch resumes exactly."""
+    cfg = ClassifierConfig(steps=8, ckpt_every=4, warmup=2, policy="mixup", mix_start=5, **SMALL)
+    train_classifier(cfg, str(tmp_path / "a"))
+    train_classifier(dataclasses.replace(cfg, stop_after=5), str(tmp_path / "b"))
+    train_classifier(dataclasses.replace(cfg, policy="none", mix_start=0, stop_after=5), str(tmp_path / "plain5"))
+    train_classifier(dataclasses.replace(cfg, policy="none", mix_start=0), str(tmp_path / "plain8"))
+    b5, plain5 = weights(tmp_path / "b" / "checkpoint.pt"), weights(tmp_path / "plain5" / "checkpoint.pt")
+    assert all(torch.equal(b5[k], plain5[k]) for k in b5)
+    train_classifier(cfg, str(tmp_path / "b"), resume=True)
+    a, b, plain8 = (weights(tmp_path / d / "checkpoint.pt") for d in ("a", "b", "plain8"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], plain8[k]) for k in a)  # the policy did act after step 5
+    with pytest.raises(ValueError, match="trained with mix_start=5, this run uses mix_start=4"):
+        train_classifier(dataclasses.replace(cfg, steps=9, mix_start=4), str(tmp_path / "b"), resume=True)
+
+
+def test_policy_kwargs_reach_the_policy(tmp_path):
+    from medmix_ops.train.classifier import build_policy
+
+    cfg = ClassifierConfig(policy="mixup", policy_kwargs={"alpha": 0.4, "prob": 0.5}, **SMALL)
+    policy = build_policy(cfg, 4, {}, None)
+    assert (policy.alpha, policy.prob) == (0.4, 0.5)
+    spmix = build_policy(dataclasses.replace(cfg, policy="spmix", policy_kwargs={"patch": 4}), 4, {}, None)
+    assert spmix.patch == 4  # over make_policy's default of 8
+    train_classifier(dataclasses.replace(cfg, steps=2), str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="trained with policy_kwargs="):
+        train_classifier(dataclasses.replace(cfg, steps=3, policy_kwargs={"alpha": 1.0}), str(tmp_path / "run"),
+                         resume=True)
+
+
 def test_nan_loss_stops_before_a_checkpoint(tmp_path, monkeypatch):
     """The loss's finiteness is read at log / checkpoint steps only (no sync per step), yet a
     NaN is reported with the step it appeared at, and no checkpoint holds NaN weights."""
@@ -376,6 +408,16 @@ def test_average_gradients_flat_buffer_bookkeeping(monkeypatch):
     (["train-classifier", "--policy", "puzzlemix", "--steps", "1"], "--policy must be none or one of"),
     (["train-classifier", "--steps", "0"], "--steps must be >= 1"),
     (["train-classifier", "--model-kwargs", "[1]", "--steps", "1"], "--model-kwargs must be a JSON object"),
+    (["train-classifier", "--policy-kwargs", "{", "--steps", "1"], "--policy-kwargs must be a JSON object"),
+    (["train-classifier", "--policy", "mixup", "--policy-kwargs", '{"q": 0.2}', "--steps", "1", "--n-train", "8",
+      "--n-test", "4", "--img-size", "32"], "--policy-kwargs {\"q\": 0.2} for mixup: "),
+    (["train-classifier", "--policy", "varimix", "--policy-kwargs", '{"translator": 1}', "--steps", "1",
+      "--n-train", "8", "--n-test", "4", "--img-size", "32"], "--policy-kwargs cannot set translator"),
+    (["train-classifier", "--policy-kwargs", '{"alpha": 0.4}', "--steps", "1", "--n-train", "8", "--n-test", "4",
+      "--img-size", "32"], "need a --policy other than none"),
+    (["train-classifier", "--policy", "mixup", "--mix-start", "3", "--steps", "3", "--n-train", "8", "--n-test", "4",
+      "--img-size", "32"], "--mix-start 3 leaves no step for --policy mixup (3 training steps)"),
+    (["train-classifier", "--mix-start", "-1"], "--mix-start must be an int >= 0, got -1"),
     (["train-generator", "--kind", "ddpm", "--img-size", "40"], "must be a multiple of 16"),
     (["sample", "--ckpt", "/nonexistent.pt"], "does not exist"),
 ])

@@ -3,6 +3,7 @@ single device or torchrun DDP, evaluated on a held-out split (metrics.json, conf
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,12 +46,16 @@ class ClassifierConfig:
     skip_bad: bool = False
     intensity: str = "bit_depth"  # ImageFolder images: scaled by bit depth or per-image min / max
     model_kwargs: dict = field(default_factory=dict)
+    policy_kwargs: dict = field(default_factory=dict)  # the policy's own options (alpha, prob, q, ...)
+    # Steps trained without mixing before the policy starts: a policy that reads the classifier
+    # being trained (meddiffusemix's saliency) gets a model that has begun to find the lesion.
+    mix_start: int = 0
     progress: bool = True
     stop_after: int | None = None  # stop (with a checkpoint) at this step: time-limited jobs
 
     # settings that must match for --resume to continue the same run
     RESUME_KEYS = ("data", "model", "policy", "img_size", "batch_size", "seed", "imbalance", "n_train",
-                   "intensity")
+                   "intensity", "policy_kwargs", "mix_start")
 
 
 def model_kwargs_for(name: str, img_size: int) -> dict:
@@ -100,7 +105,15 @@ def build_policy(cfg: ClassifierConfig, num_classes: int, info: dict, model):
         kwargs["model"] = model
     if info.get("multi_label"):
         check_multi_label_policy(cfg.policy, cfg.data)
-    return make_policy(cfg.policy, num_classes, dataset=info.get("synthlesion"), **kwargs)
+    # objects the script builds (from --generator, the classifier, the dataset), not JSON values
+    clash = sorted(set(cfg.policy_kwargs) & {"num_classes", "dataset", "model", "translator", "generator"})
+    if clash:
+        raise ValueError(f"--policy-kwargs cannot set {', '.join(clash)}: the training script passes it "
+                         "(a generator checkpoint goes to --generator)")
+    try:
+        return make_policy(cfg.policy, num_classes, dataset=info.get("synthlesion"), **kwargs, **cfg.policy_kwargs)
+    except TypeError as e:  # an option this policy does not take
+        raise ValueError(f"--policy-kwargs {json.dumps(cfg.policy_kwargs)} for {cfg.policy}: {e}") from e
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -150,6 +163,11 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_ds) / rt.world / cfg.batch_size)
     total = cfg.steps if cfg.epochs is None else cfg.epochs * steps_per_epoch
+    if policy is None and (cfg.policy_kwargs or cfg.mix_start):
+        raise ValueError("--policy-kwargs and --mix-start need a --policy other than none")
+    if policy is not None and cfg.mix_start >= total:
+        raise ValueError(f"--mix-start {cfg.mix_start} leaves no step for --policy {cfg.policy} "
+                         f"({total} training steps)")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, cfg, total))
     amp = cfg.amp and rt.device.type == "cuda"
     sampler = ResumableSampler(len(train_ds), cfg.seed, rt.rank, rt.world)
@@ -191,7 +209,7 @@ def _train(cfg: ClassifierConfig, out: Path, resume: bool, rt: Runtime) -> dict:
         x = x.to(rt.device, non_blocking=True)
         if rt.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        if policy is not None:
+        if policy is not None and step >= cfg.mix_start:
             translator = getattr(policy, "translator", None)
             if hasattr(translator, "set_batch"):  # SynthLesion's oracle needs the scenes
                 translator.set_batch(idx.tolist(), y_host)
@@ -300,6 +318,11 @@ def add_arguments(p: argparse.ArgumentParser, *, single_run: bool = True) -> Non
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log.csv rows")
     p.add_argument("--model-kwargs", default="{}", help='extra timm.create_model arguments as JSON, e.g. '
                    '\'{"embed_dim": 32, "depths": [1, 1, 1, 1]}\' for a shrunken SwinV2')
+    p.add_argument("--policy-kwargs", default="{}", help="the policy's own options as JSON, e.g. "
+                   '\'{"alpha": 0.4, "prob": 0.5}\' (mixup), \'{"q": 0.2}\' (meddiffusemix); see the README\'s '
+                   "policy table" + ("" if single_run else "; the same options for every policy but none"))
+    p.add_argument("--mix-start", type=int, default=d.mix_start, help="train this many steps unmixed before the policy "
+                   "starts (a classifier that meddiffusemix's saliency can use)")
     p.add_argument("--weights", help="a local weights file for the model (never downloaded)")
     p.add_argument("--generator", help="a generator checkpoint (train-generator) for varimix / genmix / meddiffusemix "
                    "(default on SynthLesion: its built-in oracle)")
@@ -322,20 +345,20 @@ def config_from_args(args) -> ClassifierConfig:
                            num_workers=args.num_workers, amp=not args.no_amp, device=args.device,
                            ckpt_every=args.ckpt_every, log_every=args.log_every, weights=args.weights,
                            generator=args.generator, skip_bad=args.skip_bad, intensity=args.intensity,
-                           model_kwargs=_json_dict(args.model_kwargs), stop_after=args.stop_after)
+                           model_kwargs=_json_dict(args.model_kwargs, "--model-kwargs"),
+                           policy_kwargs=_json_dict(args.policy_kwargs, "--policy-kwargs"), mix_start=args.mix_start,
+                           stop_after=args.stop_after)
     validate_config(cfg)
     return cfg
 
 
-def _json_dict(text: str) -> dict:
-    import json
-
+def _json_dict(text: str, option: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"--model-kwargs must be a JSON object, got {text!r} ({e})") from e
+        raise ValueError(f"{option} must be a JSON object, got {text!r} ({e})") from e
     if not isinstance(value, dict):
-        raise ValueError(f"--model-kwargs must be a JSON object, got {text!r}")
+        raise ValueError(f"{option} must be a JSON object, got {text!r}")
     return value
 
 
@@ -351,6 +374,8 @@ def validate_config(cfg: ClassifierConfig) -> None:
         raise ValueError(f"--stop-after must be >= 1, got {cfg.stop_after}")
     if cfg.epochs is not None and cfg.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {cfg.epochs}")
+    if not isinstance(cfg.mix_start, int) or cfg.mix_start < 0:
+        raise ValueError(f"--mix-start must be an int >= 0, got {cfg.mix_start!r}")
     from ..data.folder import INTENSITY_MODES
 
     if cfg.intensity not in INTENSITY_MODES:

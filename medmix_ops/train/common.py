@@ -194,7 +194,7 @@ def refuse_to_overwrite(out: Path, resume: bool) -> None:
 
 
 # Resume keys added after checkpoints were already written, with the value those runs had.
-RESUME_KEY_DEFAULTS = {"intensity": "bit_depth"}
+RESUME_KEY_DEFAULTS = {"intensity": "bit_depth", "policy_kwargs": {}, "mix_start": 0}
 
 
 def load_checkpoint(path: Path, expect_kind: str, expect: dict | None = None) -> dict:

@@ -20,6 +20,8 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
     for policy in policies:
         for seed in range(seeds):
             cfg = dataclasses.replace(base, policy=policy, seed=base.seed + seed, stop_after=None)
+            if policy == "none":  # nothing to start or configure: one baseline serves any of them
+                cfg = dataclasses.replace(cfg, policy_kwargs={}, mix_start=0)
             run_dir = out / f"{policy}-seed{seed}"
             check_same_settings(run_dir, cfg)
             done = run_dir / "metrics.json"
