@@ -17,6 +17,9 @@ ifeq ($(HAS_GPU),0)
 export TRITON_INTERPRET ?= 1
 endif
 PYTEST_ARGS ?=
+# pytest workers of `make test` (pytest-xdist; 0 = one process). Each file stays on one worker in
+# its own order (--dist loadfile), and conftest.py splits the cores between the workers.
+TEST_WORKERS ?= 2
 
 .PHONY: help venv build demo test test-cuda-asan test-triton-races test-fast cmake bench clean distclean lock
 
@@ -52,7 +55,7 @@ demo: build
 	$(VENV)/bin/medmix demo
 
 test: build cmake
-	$(PY) -m pytest python_tests $(PYTEST_ARGS)
+	$(PY) -m pytest python_tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The emulated CUDA kernels (python_tests/cuda_emu) built with AddressSanitizer, so that every
 # global-memory access they make is checked (what compute-sanitizer's memcheck does on a GPU).

@@ -83,13 +83,15 @@ def _minmax(m):
 
 
 def test_reference_gradient_matches_definition():
-    g = torch.randn(2, 3, 17, 23, dtype=torch.float64)
+    g = torch.randn(2, 3, 17, 23, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for reduce, sigma in [("max", 1.5), ("sum", 0.0), ("max", 4.0)]:
         got = ref.gradient(g.float(), reduce, sigma)
         a = g.abs().numpy()
         m = a.max(axis=1) if reduce == "max" else a.sum(axis=1)
         want = np.stack([_minmax(blur_f64(mi, sigma) if sigma > 0 else mi) for mi in m])[:, None]
-        assert_close(got, want, 2e-6, 2e-6, f"gradient {reduce} {sigma}")
+        # fp32 blur of values up to ~4 over 2 x 25 taps, then divided by a range of ~3: a few
+        # 1e-6 of rounding (2.45e-6 seen on other inputs)
+        assert_close(got, want, 5e-6, 2e-6, f"gradient {reduce} {sigma}")
 
 
 def test_reference_gradcam_matches_definition():

@@ -9,6 +9,7 @@ the emulator changes).
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import pathlib
@@ -125,13 +126,22 @@ def load(selftest_only: bool = False) -> None:
     """Builds (incrementally) and loads the emulated kernels: torch.ops.medmix_cuda_emu.*.
     selftest_only: just the emulator's own buggy kernels (torch.ops.medmix_cuda_emu_selftest),
     one translation unit instead of six: what `make test` needs to check the ASan mode."""
-    from torch.utils import cpp_extension
-
     # MEDMIX_EMU_ASAN=1 (`make test-cuda-asan`, which also preloads libasan): every memory
     # access of the emulated kernels checked by AddressSanitizer.
     asan = os.environ.get("MEDMIX_EMU_ASAN") == "1"
     suffix = "_selftest" if selftest_only else ""
     build = ROOT / "build" / (("cuda_emu_asan" if asan else "cuda_emu") + suffix)
+    build.mkdir(parents=True, exist_ok=True)
+    # One process at a time (pytest-xdist workers load it concurrently): write_sources rewrites
+    # files that another process's compiler may be reading.
+    with open(build / "build.lock", "w") as lock:  # (closing it releases the lock)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_and_load(build, selftest_only, asan, suffix)
+
+
+def _build_and_load(build: pathlib.Path, selftest_only: bool, asan: bool, suffix: str) -> None:
+    from torch.utils import cpp_extension
+
     sources = write_sources(build / "src")
     if selftest_only:
         sources = [s for s in sources if s.endswith("selftest.cpp")]
