@@ -293,6 +293,41 @@ def test_compare_writes_a_table(tmp_path, capsys):
     assert json.loads((tmp_path / "compare.json").read_text()) == result  # left as it was
 
 
+def test_compare_policy_options_for_all_or_per_policy():
+    from medmix_ops.train.compare import options_per_policy
+
+    policies = ["none", "mixup", "spmix"]
+    assert options_per_policy({}, policies) == dict(none={}, mixup={}, spmix={})
+    assert options_per_policy({"prob": 0.5}, policies) == dict(none={}, mixup={"prob": 0.5}, spmix={"prob": 0.5})
+    per = options_per_policy({"spmix": {"patch": 4}}, policies)
+    assert per == dict(none={}, mixup={}, spmix={"patch": 4})
+    for bad, msg in [({"spmix": {"patch": 4}, "prob": 0.5}, "not both: spmix name policies, prob do not"),
+                     ({"none": {}}, "none takes no options"),
+                     ({"cutmix": {"alpha": 1.0}}, "cutmix is not among --policies \\(none,mixup,spmix\\)"),
+                     ({"mixup": 0.4}, "the options of mixup must be a JSON object, got 0.4")]:
+        with pytest.raises(ValueError, match=msg):
+            options_per_policy(bad, policies)
+
+
+def test_compare_gives_each_policy_its_options_and_checks_them_before_training(tmp_path, capsys):
+    args = ["compare", "--policies", "none,mixup,cutmix", "--seeds", "1", "--steps", "2", "--img-size", "32",
+            "--batch-size", "8", "--n-train", "24", "--n-test", "8"]
+    # an option cutmix does not take stops the compare before the baseline trains, not after it
+    rc = cli.main([*args, "--policy-kwargs", '{"cutmix": {"q": 0.2}}', "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "--policy-kwargs {\"q\": 0.2} for cutmix" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "none-seed0").exists()
+    # VariMix needs one class per image: refused before anything trains, not after four policies
+    npz = _chest_like_npz(tmp_path / "chest.npz")
+    rc = cli.main([*args[:2], "none,varimix", *args[3:], "--data", npz, "--out", str(tmp_path / "ml")])
+    assert rc == 2 and "--policy varimix needs one class per image" in capsys.readouterr().err
+    assert not (tmp_path / "ml" / "none-seed0").exists()
+    rc = cli.main([*args, "--policy-kwargs", '{"mixup": {"alpha": 0.4}}', "--out", str(tmp_path / "ok")])
+    assert rc == 0
+    saved = {p: json.loads((tmp_path / "ok" / f"{p}-seed0" / "config.json").read_text())["policy_kwargs"]
+             for p in ("none", "mixup", "cutmix")}
+    assert saved == dict(none={}, mixup={"alpha": 0.4}, cutmix={})
+
+
 def test_compare_table_of_one_seed_prints_no_std():
     """A std over one run says nothing: one seed gives plain values and says "1 seed"."""
     from medmix_ops.train.compare import format_table

@@ -320,7 +320,8 @@ def add_arguments(p: argparse.ArgumentParser, *, single_run: bool = True) -> Non
                    '\'{"embed_dim": 32, "depths": [1, 1, 1, 1]}\' for a shrunken SwinV2')
     p.add_argument("--policy-kwargs", default="{}", help="the policy's own options as JSON, e.g. "
                    '\'{"alpha": 0.4, "prob": 0.5}\' (mixup), \'{"q": 0.2}\' (meddiffusemix); see the README\'s '
-                   "policy table" + ("" if single_run else "; the same options for every policy but none"))
+                   "policy table" + ("" if single_run else "; these options go to every policy but none, or give each "
+                                           'policy its own: \'{"mixup": {"alpha": 0.4}, "spmix": {"prob": 0.5}}\''))
     p.add_argument("--mix-start", type=int, default=d.mix_start, help="train this many steps unmixed before the policy "
                    "starts (a classifier that meddiffusemix's saliency can use)")
     p.add_argument("--weights", help="a local weights file for the model (never downloaded)")

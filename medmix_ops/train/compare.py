@@ -15,13 +15,19 @@ from .common import CHECKPOINT, write_json
 
 
 def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
+    """Trains ``base`` with each of ``policies`` and ``seeds`` seeds under ``out/<policy>-seed<i>/``
+    (runs already there are reused or resumed) and writes the table, JSON and plots.
+    ``base.policy_kwargs`` is compare's --policy-kwargs (see ``options_per_policy``)."""
     out = Path(out)
+    options = options_per_policy(base.policy_kwargs, policies)
+    tail = check_before_training(base, policies, options)
     runs = {}
     for policy in policies:
         for seed in range(seeds):
-            cfg = dataclasses.replace(base, policy=policy, seed=base.seed + seed, stop_after=None)
+            cfg = dataclasses.replace(base, policy=policy, seed=base.seed + seed, stop_after=None,
+                                      policy_kwargs=options[policy])
             if policy == "none":  # nothing to start or configure: one baseline serves any of them
-                cfg = dataclasses.replace(cfg, policy_kwargs={}, mix_start=0)
+                cfg = dataclasses.replace(cfg, mix_start=0)
             run_dir = out / f"{policy}-seed{seed}"
             check_same_settings(run_dir, cfg)
             done = run_dir / "metrics.json"
@@ -32,7 +38,6 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
                 print(f"== {policy}, seed {cfg.seed}" + (" (resuming)" if resume else ""))
                 m = train_classifier(cfg, str(run_dir), resume=resume)
             runs.setdefault(policy, []).append(m)
-    tail = _tail_class(base)
     table = {}
     for policy, ms in runs.items():
         def stat(values):
@@ -51,6 +56,52 @@ def run_compare(base: ClassifierConfig, policies, seeds: int, out: str) -> dict:
     save_plot(result, out / "compare.png")
     save_loss_plot(out, policies, seeds, out / "compare_loss.png")
     return result
+
+
+def options_per_policy(policy_kwargs: dict, policies) -> dict:
+    """compare's --policy-kwargs as {policy: its options}: either one object of options for
+    every policy but none (``{"prob": 0.5}``), or a map from policy names to their own options
+    (``{"mixup": {"alpha": 0.4}, "spmix": {"prob": 0.5}}``; a compared policy the map leaves out
+    keeps its defaults). No policy option is named like a policy, so the two forms cannot be
+    confused; a mix of both is refused."""
+    from ..policies import POLICIES
+
+    named = [k for k in policy_kwargs if k == "none" or k in POLICIES]
+    if not named:
+        return {p: {} if p == "none" else dict(policy_kwargs) for p in policies}
+    rest = [k for k in policy_kwargs if k not in named]
+    if rest:
+        raise ValueError(f"--policy-kwargs: give either options for every policy or a map from policy names "
+                         f"to options, not both: {', '.join(named)} name policies, {', '.join(rest)} do not")
+    for name in named:
+        if name == "none":
+            raise ValueError("--policy-kwargs: none takes no options")
+        if name not in policies:
+            raise ValueError(f"--policy-kwargs: {name} is not among --policies ({','.join(policies)})")
+        if not isinstance(policy_kwargs[name], dict):
+            raise ValueError(f"--policy-kwargs: the options of {name} must be a JSON object, got "
+                             f"{json.dumps(policy_kwargs[name])}")
+    return {p: dict(policy_kwargs.get(p, {})) for p in policies}
+
+
+def check_before_training(base: ClassifierConfig, policies, options: dict) -> int:
+    """Builds every compared policy once with its options before the first run trains, so
+    that an option a policy refuses, a policy that cannot mix multi-label data or an unreadable
+    --generator stops the compare at once, not hours into it. Returns the tail class: the
+    rarest training class, or for multi-label data the label with the fewest positives."""
+    from .classifier import build_policy
+    from .data import build_datasets
+
+    _, _, names, info = build_datasets(base.data, base.img_size, imbalance=base.imbalance, n_train=base.n_train,
+                                       n_test=1, seed=base.seed, skip_bad=base.skip_bad, intensity=base.intensity)
+    for policy in policies:
+        # (meddiffusemix's classifier: the policy's default stands in for the one each run builds)
+        build_policy(dataclasses.replace(base, policy=policy, policy_kwargs=options[policy]), len(names), info, None)
+        if policy != "none" and base.epochs is None and base.mix_start >= base.steps:
+            raise ValueError(f"--mix-start {base.mix_start} leaves no step for {policy} ({base.steps} training steps)")
+    labels = np.asarray(info["labels"])
+    counts = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=len(names))
+    return int(np.argmin(counts))
 
 
 # Settings that change a run's result. A run already in the folder (finished or cut short) must
@@ -86,18 +137,6 @@ def _balanced_accuracy(metrics: dict) -> float:
     if "balanced_accuracy" in metrics:
         return metrics["balanced_accuracy"]
     return float(np.mean([r for r in metrics["per_class_recall"] if r is not None]))
-
-
-def _tail_class(cfg: ClassifierConfig) -> int:
-    """The rarest training class (the last one for SynthLesion's imbalance); for multi-label
-    data the label with the fewest positives."""
-    from .data import build_datasets
-
-    _, _, names, info = build_datasets(cfg.data, cfg.img_size, imbalance=cfg.imbalance, n_train=cfg.n_train,
-                                       n_test=1, seed=cfg.seed, skip_bad=cfg.skip_bad, intensity=cfg.intensity)
-    labels = np.asarray(info["labels"])
-    counts = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=len(names))
-    return int(np.argmin(counts))
 
 
 _COLUMNS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "tail_recall")
