@@ -341,6 +341,12 @@ def test_compare_table_of_one_seed_prints_no_std():
     assert "1 seed;" in text and "+-" not in text and "| none | 0.500 | 0.500 |" in text
     text = format_table(dict(result, seeds=3))
     assert "3 seeds (mean +- std)" in text and "| none | 0.500 +- 0.000 |" in text
+    assert "mix from" not in text and "options" not in text
+    # a recipe's mixing options are part of what the table measured: named in its header
+    text = format_table(dict(result, config=dict(result["config"], mix_start=300,
+                                                  policy_kwargs={"spmix": {"prob": 0.5}})))
+    assert ("; policies mix from step 301 (the first 300 unmixed); policy options "
+            '{"spmix": {"prob": 0.5}}') in text.splitlines()[0]
 
 
 def test_compare_accepts_a_run_saved_before_a_setting_existed(tmp_path):

@@ -146,6 +146,17 @@ def _seeds_text(seeds: int) -> str:
     return "1 seed" if seeds == 1 else f"{seeds} seeds (mean +- std)"
 
 
+def _mixing_text(c: dict) -> str:
+    """The recipe's mixing options, when they are not the defaults (a compare.json written before
+    they existed has neither)."""
+    parts = []
+    if c.get("mix_start"):
+        parts.append(f"policies mix from step {c['mix_start'] + 1} (the first {c['mix_start']} unmixed)")
+    if c.get("policy_kwargs"):
+        parts.append(f"policy options {json.dumps(c['policy_kwargs'])}")
+    return "".join(f"; {p}" for p in parts)
+
+
 def format_table(result: dict) -> str:
     """The markdown table: mean +- std over seeds per cell, or the run's value with one seed
     (a std of one run says nothing, so none is printed)."""
@@ -154,7 +165,7 @@ def format_table(result: dict) -> str:
     one = result["seeds"] == 1
     lines = [f"{c['model']} on {c['data']} ({c['img_size']} px, imbalance {c['imbalance']}, {c['steps']} steps, "
              f"batch {c['batch_size']}, lr {c['lr']:g}, {c['warmup']} warm-up steps), {_seeds_text(result['seeds'])}; "
-             f"tail class: {tail_name}", "",
+             f"tail class: {tail_name}" + _mixing_text(c), "",
              "| policy | accuracy | balanced acc. | macro-F1 | AUROC | tail recall |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for p in result["policies"]:
