@@ -316,6 +316,9 @@ def test_compare_gives_each_policy_its_options_and_checks_them_before_training(t
     rc = cli.main([*args, "--policy-kwargs", '{"cutmix": {"q": 0.2}}', "--out", str(tmp_path / "bad")])
     assert rc == 2 and "--policy-kwargs {\"q\": 0.2} for cutmix" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "none-seed0").exists()
+    rc = cli.main([*args, "--mix-start", "2", "--out", str(tmp_path / "late")])
+    assert rc == 2 and "--mix-start 2 leaves no step for mixup, cutmix (2 training steps)" in capsys.readouterr().err
+    assert not (tmp_path / "late" / "none-seed0").exists()
     # VariMix needs one class per image: refused before anything trains, not after four policies
     npz = _chest_like_npz(tmp_path / "chest.npz")
     rc = cli.main([*args[:2], "none,varimix", *args[3:], "--data", npz, "--out", str(tmp_path / "ml")])

@@ -94,11 +94,14 @@ def check_before_training(base: ClassifierConfig, policies, options: dict) -> in
 
     _, _, names, info = build_datasets(base.data, base.img_size, imbalance=base.imbalance, n_train=base.n_train,
                                        n_test=1, seed=base.seed, skip_bad=base.skip_bad, intensity=base.intensity)
+    mixed = [p for p in policies if p != "none"]
+    # (with --epochs the step count needs the world size; each run checks it then)
+    if mixed and base.epochs is None and base.mix_start >= base.steps:
+        raise ValueError(f"--mix-start {base.mix_start} leaves no step for {', '.join(mixed)} "
+                         f"({base.steps} training steps)")
     for policy in policies:
         # (meddiffusemix's classifier: the policy's default stands in for the one each run builds)
         build_policy(dataclasses.replace(base, policy=policy, policy_kwargs=options[policy]), len(names), info, None)
-        if policy != "none" and base.epochs is None and base.mix_start >= base.steps:
-            raise ValueError(f"--mix-start {base.mix_start} leaves no step for {policy} ({base.steps} training steps)")
     labels = np.asarray(info["labels"])
     counts = labels.sum(0) if labels.ndim == 2 else np.bincount(labels, minlength=len(names))
     return int(np.argmin(counts))
